@@ -1,0 +1,41 @@
+# Every target does its own set-up, so a fresh clone needs only Python 3.11+ and make.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test
+
+.PHONY: run test lint bench demo clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $@ $(VENV)/.installed
+
+run: $(VENV)/.installed
+	$(BIN)/playback-gateway serve --bind 127.0.0.1:8080
+
+# Runs the gateway against a local System API simulator, so key rotation can be tried without Mux.
+demo: $(VENV)/.installed
+	$(BIN)/python -m gateway.keys.simulator --demo
+
+test: $(STAMP)
+	bash .ci/ensure-redis
+	$(BIN)/ruff check .
+	$(BIN)/python -m pytest
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+
+bench: $(STAMP)
+	bash .ci/ensure-redis
+	$(BIN)/python bench/run.py
+
+clean:
+	rm -rf $(VENV) .gateway .pytest_cache .ruff_cache

@@ -1,0 +1,3 @@
+"""Playback token gateway: mints Mux playback tokens under entitlement policies."""
+
+__version__ = "0.1.0"
