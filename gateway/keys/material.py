@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from cryptography.exceptions import UnsupportedAlgorithm
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric import dsa, ec, ed448, ed25519, rsa
 
 MIN_RSA_BITS = 2048
 
@@ -196,14 +196,23 @@ def _load_rsa_key(pem: bytes) -> rsa.RSAPrivateKey:
         ) from None
 
     if not isinstance(key, rsa.RSAPrivateKey):
-        kind = type(key).__name__.removeprefix("_").replace("PrivateKey", "")
-        raise KeyMaterialError(f"found a {kind} private key; Mux signing keys are RSA")
+        raise KeyMaterialError(f"found {_key_kind(key)} private key; Mux signing keys are RSA")
 
     if key.key_size < MIN_RSA_BITS:
         raise KeyMaterialError(
             f"found an RSA key of {key.key_size} bits; expected at least {MIN_RSA_BITS} bits"
         )
     return key
+
+
+def _key_kind(key: object) -> str:
+    kinds = {
+        ec.EllipticCurvePrivateKey: "an EC",
+        ed25519.Ed25519PrivateKey: "an Ed25519",
+        ed448.Ed448PrivateKey: "an Ed448",
+        dsa.DSAPrivateKey: "a DSA",
+    }
+    return next((name for kind, name in kinds.items() if isinstance(key, kind)), "a non-RSA")
 
 
 def generate_rsa_key(bits: int = MIN_RSA_BITS) -> rsa.RSAPrivateKey:

@@ -1,0 +1,140 @@
+"""Request hygiene and caller checks that run before a route does its work."""
+
+from __future__ import annotations
+
+import logging
+import re
+import uuid
+from typing import Any
+
+from flask import g, request
+
+from gateway.api.context import services
+from gateway.api.problems import Problem
+from gateway.api.schemas import parse_json_body
+from gateway.auth.principal import ANONYMOUS, Caller
+from gateway.observability.logging import hash_identifier, log_event, request_id_var
+from gateway.observability.metrics import RATE_LIMITED
+
+logger = logging.getLogger(__name__)
+
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+_BEARER = re.compile(r"^Bearer +([A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*)$")
+# JWTs from identity providers stay well below this. A longer header is junk or an attack.
+_MAX_AUTHORIZATION_BYTES = 8192
+_MAX_API_KEY_BYTES = 256
+
+
+def assign_request_id() -> None:
+    """Accept a well-formed X-Request-Id from the caller, else generate one."""
+    supplied = request.headers.get("X-Request-Id", "")
+    request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    g.request_id = request_id
+    g.request_id_token = request_id_var.set(request_id)
+
+
+def authenticate_caller() -> None:
+    """Set g.caller from X-Api-Key and/or a Bearer viewer JWT; anonymous when neither is sent.
+
+    A credential that is sent and fails is always 401: an invalid viewer JWT never falls back
+    to anonymous, or a forged token would still reach the policy's anonymous rules.
+    """
+    g.caller = Caller(viewer=ANONYMOUS)
+    gateway = services()
+
+    client = None
+    api_key = request.headers.get("X-Api-Key")
+    if api_key is not None:
+        if len(api_key) > _MAX_API_KEY_BYTES or not api_key.strip():
+            raise _unauthorized("invalid-api-key", "The X-Api-Key header is malformed.")
+        client = gateway.clients.authenticate(api_key.strip())
+        if client is None:
+            log_event(logger, "auth.api_key_rejected", logging.WARNING)
+            raise _unauthorized("invalid-api-key", "The API key is not known: check the X-Api-Key header.")
+
+    viewer = ANONYMOUS
+    authorization = request.headers.get("Authorization")
+    if authorization is not None:
+        viewer = _verified_viewer(authorization, gateway.viewers)
+
+    g.caller = Caller(viewer=viewer, client=client)
+
+
+def _verified_viewer(authorization: str, verifier: Any) -> Any:
+    if len(authorization) > _MAX_AUTHORIZATION_BYTES:
+        raise _unauthorized("invalid-token", "The Authorization header is too large.")
+    match = _BEARER.match(authorization.strip())
+    if match is None:
+        raise _unauthorized("invalid-token", "The Authorization header must be 'Bearer <viewer JWT>'.")
+    if verifier is None:
+        raise _unauthorized(
+            "viewer-tokens-disabled",
+            "This gateway verifies no viewer JWTs: remove the Authorization header, or set "
+            "GATEWAY_VIEWER_JWKS_URL or GATEWAY_VIEWER_PUBLIC_KEY.",
+        )
+
+    from gateway.auth.viewer import ViewerAuthError
+
+    try:
+        return verifier.verify(match.group(1))
+    except ViewerAuthError as error:
+        log_event(logger, "auth.viewer_rejected", logging.INFO, reason=error.reason)
+        raise _unauthorized("invalid-token", f"The viewer JWT was rejected: {error.detail}") from None
+
+
+def _unauthorized(code: str, detail: str) -> Problem:
+    return Problem(401, code, detail, headers={"WWW-Authenticate": 'Bearer realm="playback-gateway"'})
+
+
+def read_json_body() -> Any:
+    """Return the parsed JSON body: 415 unless it is JSON, 413 over the size limit, 400 if invalid."""
+    mimetype = request.mimetype or ""
+    if mimetype != "application/json" and not mimetype.endswith("+json"):
+        raise Problem(415, "unsupported-media-type",
+                      "Send the body as JSON with the header Content-Type: application/json.")
+
+    limit = services().settings.max_body_bytes
+    if request.content_length is not None and request.content_length > limit:
+        raise _too_large(limit)
+    raw = request.stream.read(limit + 1)
+    if len(raw) > limit:
+        raise _too_large(limit)
+    return parse_json_body(raw)
+
+
+def _too_large(limit: int) -> Problem:
+    return Problem(413, "body-too-large",
+                   f"The body is larger than {limit} bytes: send fewer items or split the request.")
+
+
+def enforce_rate_limits(cost: int) -> None:
+    """Apply the viewer, client and IP limits; `cost` counts each batch item."""
+    limiter = services().rate_limiter
+    if limiter is None:
+        return
+
+    from gateway.ratelimit import client_ip
+
+    caller = g.caller
+    settings = services().settings
+    identities = {
+        "ip": client_ip(request.remote_addr or "", request.headers.get("X-Forwarded-For"),
+                        settings.trusted_proxies),
+    }
+    if caller.client is not None:
+        identities["client"] = caller.client.id
+    if caller.viewer.authenticated and caller.viewer.id:
+        identities["viewer"] = caller.viewer.id
+
+    for kind, identity in identities.items():
+        result = limiter.check(kind, identity, cost=cost)
+        if not result.allowed:
+            RATE_LIMITED.labels(kind=kind).inc()
+            log_event(logger, "ratelimit.rejected", logging.INFO, kind=kind,
+                      identity=hash_identifier(identity), limit=result.limit)
+            raise Problem(
+                429, "rate-limited",
+                f"Too many requests for this {kind}: retry after {result.retry_after} seconds.",
+                headers={"Retry-After": str(result.retry_after)},
+                extra={"limit": kind},
+            )

@@ -1,0 +1,132 @@
+"""POST /v1/tokens, /v1/tokens/batch and /v1/decisions/explain: thin wrappers on TokenService."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from flask import Blueprint, request
+
+from gateway.api.context import current_caller, require_client_scope, services
+from gateway.api.guards import enforce_rate_limits, read_json_body
+from gateway.api.problems import Problem, invalid_request
+from gateway.api.schemas import parse_batch, parse_token_request
+from gateway.keys.provider import NoSigningKeyError
+from gateway.observability.logging import log_event
+from gateway.tokens.service import (
+    InvalidClaimsError,
+    PolicyDeniedError,
+    RequestContext,
+    TokenPlan,
+    TokenRequest,
+    denial_detail,
+)
+
+tokens_blueprint = Blueprint("tokens", __name__)
+logger = logging.getLogger(__name__)
+
+
+@tokens_blueprint.post("/v1/tokens")
+def mint_tokens() -> tuple[dict[str, Any], int]:
+    body = _authorized_body()
+    token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer())
+    enforce_rate_limits(cost=1)
+    return _issue(token_request).as_dict(), 200
+
+
+@tokens_blueprint.post("/v1/tokens/batch")
+def mint_batch() -> tuple[dict[str, Any], int]:
+    items = parse_batch(_authorized_body())
+    enforce_rate_limits(cost=len(items))
+
+    may_assert = _may_assert_viewer()
+    results: list[dict[str, Any]] = []
+    for index, item in enumerate(items):
+        try:
+            token_request = parse_token_request(item, may_assert_viewer=may_assert, path=f"items[{index}]")
+            results.append(_issue(token_request).as_dict())
+        except Problem as problem:
+            if problem.status == 503:
+                # No signing key fails every item the same way, so the whole batch fails.
+                raise
+            results.append({"error": problem.as_dict()})
+    return {"items": results}, 200
+
+
+@tokens_blueprint.post("/v1/decisions/explain")
+def explain_decision() -> tuple[dict[str, Any], int]:
+    body = _authorized_body()
+    token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer())
+    enforce_rate_limits(cost=1)
+
+    try:
+        plan = services().tokens.plan(token_request, current_caller(), _request_context())
+    except InvalidClaimsError as error:
+        raise invalid_request(error.errors) from None
+    except NoSigningKeyError:
+        raise _no_signing_key() from None
+    return _explanation(plan), 200
+
+
+def _authorized_body() -> Any:
+    """Check the caller may mint (a service client needs tokens:mint), then read the JSON body."""
+    if current_caller().client is not None:
+        require_client_scope("tokens:mint")
+    return read_json_body()
+
+
+def _may_assert_viewer() -> bool:
+    return current_caller().has_scope("viewer:assert")
+
+
+def _request_context() -> RequestContext:
+    settings = services().settings
+    country = ""
+    if settings.country_header:
+        country = (request.headers.get(settings.country_header) or "").strip().upper()[:8]
+    return RequestContext(country=country, origin=request.headers.get("Origin"))
+
+
+def _issue(token_request: TokenRequest) -> Any:
+    try:
+        return services().tokens.issue(token_request, current_caller(), _request_context())
+    except PolicyDeniedError as denial:
+        raise Problem(403, "denied-by-policy", denial.detail, rule=denial.decision.rule) from None
+    except InvalidClaimsError as error:
+        raise invalid_request(error.errors) from None
+    except NoSigningKeyError:
+        raise _no_signing_key() from None
+
+
+def _no_signing_key() -> Problem:
+    log_event(logger, "tokens.no_signing_key", logging.ERROR)
+    return Problem(
+        503, "no-signing-key",
+        "No usable signing key is loaded, so no token can be minted: see GET /readyz for the reason.",
+        headers={"Retry-After": "5"},
+    )
+
+
+def _explanation(plan: TokenPlan) -> dict[str, Any]:
+    decision = plan.decision
+    grant = None
+    if decision.grant is not None:
+        grant = {
+            "audiences": list(decision.grant.audiences),
+            "ttl": decision.grant.ttl,
+            "claims": decision.grant.claims,
+        }
+    explanation: dict[str, Any] = {
+        "decision": decision.effect,
+        "rule": decision.rule,
+        "matched": list(decision.matched),
+        "not_matched": [{"rule": miss.rule, "reason": miss.reason} for miss in decision.not_matched],
+        "grant": grant,
+        "claims": plan.claims,
+        "policy_version": decision.policy_version,
+    }
+    if not decision.allowed:
+        explanation["detail"] = denial_detail(decision)
+    if decision.denied_audiences:
+        explanation["denied_audiences"] = list(decision.denied_audiences)
+    return explanation

@@ -1,0 +1,196 @@
+"""The app factory: build every component once from validated settings, then wire the routes."""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from flask import Flask, Response, g, json, request
+from werkzeug.exceptions import HTTPException
+
+from gateway.api.context import services
+from gateway.api.guards import assign_request_id, authenticate_caller
+from gateway.api.problems import PROBLEM_MEDIA_TYPE, Problem
+from gateway.auth.clients import ClientRegistry, ClientsFileError
+from gateway.config import ConfigError, Settings
+from gateway.keys.material import KeyMaterialError
+from gateway.observability.logging import configure_logging, log_event, request_id_var
+from gateway.observability.metrics import POLICY_VERSION, REQUEST_SECONDS, REQUESTS
+from gateway.services import Services
+from gateway.tokens.cache import build_token_cache
+from gateway.tokens.service import TokenService
+
+logger = logging.getLogger("gateway")
+
+
+class StartupError(RuntimeError):
+    """The gateway cannot start. The message says which setting or file is wrong and how to fix it."""
+
+
+def create_app(settings: Settings | None = None) -> Flask:
+    """Build the gateway app. Raises StartupError for any invalid setting, key or policy."""
+    try:
+        settings = settings or Settings.from_env()
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
+    configure_logging(settings.log_level)
+
+    app = Flask("gateway")
+    app.json.sort_keys = False  # type: ignore[attr-defined]
+    app.extensions["gateway"] = build_services(settings)
+
+    _register_blueprints(app)
+    _register_hooks(app)
+    _register_error_handlers(app)
+    _log_start(app.extensions["gateway"])
+    return app
+
+
+def build_services(settings: Settings) -> Services:
+    """Build and validate every component. Raises StartupError naming the broken piece."""
+    from gateway.auth.viewer import ViewerVerifier
+    from gateway.keys.setup import build_key_provider
+    from gateway.policy.loader import PolicyLoadError
+    from gateway.policy.store import PolicyStore
+    from gateway.ratelimit import RateLimiter
+
+    try:
+        policies = PolicyStore(settings.policy_path, settings.shadow_policy_path)
+    except PolicyLoadError as error:
+        raise StartupError(f"GATEWAY_POLICY_PATH: the policy is invalid:\n{error}") from None
+    POLICY_VERSION.labels(version=policies.policy.version).set(1)
+
+    try:
+        keys, key_manager = build_key_provider(settings, lambda: policies.policy.max_grant_ttl)
+    except KeyMaterialError as error:
+        raise StartupError(f"MUX_PRIVATE_KEY is not usable: {error}") from None
+    except ConfigError as error:
+        raise StartupError(str(error)) from None
+
+    try:
+        clients = ClientRegistry(settings.clients_file)
+    except ClientsFileError as error:
+        raise StartupError(str(error)) from None
+
+    try:
+        viewers = ViewerVerifier.from_settings(settings)
+    except ValueError as error:
+        raise StartupError(str(error)) from None
+
+    cache = build_token_cache(settings.redis_url)
+    if key_manager is not None:
+        key_manager.on_revoked = cache.drop_key_id
+
+    rate_limiter = RateLimiter(settings.redis_url, settings.rate_limits) if settings.rate_limits else None
+    return Services(
+        settings=settings,
+        keys=keys,
+        policies=policies,
+        clients=clients,
+        tokens=TokenService(keys, policies, cache),
+        viewers=viewers,
+        rate_limiter=rate_limiter,
+        key_manager=key_manager,
+    )
+
+
+def _register_blueprints(app: Flask) -> None:
+    from gateway.api.cors import install_cors
+    from gateway.api.keys_routes import keys_blueprint
+    from gateway.api.ops_routes import ops_blueprint
+    from gateway.api.tokens_routes import tokens_blueprint
+
+    app.register_blueprint(tokens_blueprint)
+    app.register_blueprint(keys_blueprint)
+    app.register_blueprint(ops_blueprint)
+    install_cors(app, app.extensions["gateway"].settings.cors_origins)
+
+
+_OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+
+
+def _register_hooks(app: Flask) -> None:
+    @app.before_request
+    def start_request() -> None:
+        g.started = time.perf_counter()
+        assign_request_id()
+        if request.method == "OPTIONS" or request.path in _OPEN_PATHS:
+            return
+        services().policies.maybe_reload()
+        authenticate_caller()
+
+    @app.after_request
+    def finish_request(response: Response) -> Response:
+        request_id = g.get("request_id")
+        if request_id:
+            response.headers["X-Request-Id"] = request_id
+        response.headers.setdefault("Cache-Control", "no-store")
+        response.headers.setdefault("X-Content-Type-Options", "nosniff")
+
+        route = request.url_rule.rule if request.url_rule is not None else "unmatched"
+        REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+        if "started" in g:
+            REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - g.started)
+        return response
+
+    @app.teardown_request
+    def reset_request_id(_error: BaseException | None) -> None:
+        token = g.pop("request_id_token", None)
+        if token is not None:
+            request_id_var.reset(token)
+
+
+def _register_error_handlers(app: Flask) -> None:
+    @app.errorhandler(Problem)
+    def render_problem(problem: Problem) -> Response:
+        return problem_response(problem)
+
+    @app.errorhandler(HTTPException)
+    def render_http_error(error: HTTPException) -> Response:
+        status = error.code or 500
+        detail = {
+            404: "No route matches this path: see /openapi.json for the routes.",
+            405: f"Method {request.method} is not allowed here: see /openapi.json for the methods.",
+            413: "The body is too large: see GATEWAY_MAX_BODY_BYTES.",
+        }.get(status, error.description or "")
+        response = problem_response(Problem(status, _http_code(status), detail))
+        if status == 405 and error.get_response().headers.get("Allow"):
+            response.headers["Allow"] = error.get_response().headers["Allow"]
+        return response
+
+    @app.errorhandler(Exception)
+    def render_unexpected(error: Exception) -> Response:
+        # The stack trace goes to the log only; the caller gets the request id to report.
+        logger.exception("request.unhandled_error", extra={"event": "request.unhandled_error"})
+        problem = Problem(500, "internal-error",
+                          f"An unexpected error occurred; report request id {g.get('request_id')}.")
+        return problem_response(problem)
+
+
+def problem_response(problem: Problem) -> Response:
+    """Render a Problem as application/problem+json with its headers."""
+    response = Response(json.dumps(problem.as_dict()), status=problem.status, mimetype=PROBLEM_MEDIA_TYPE)
+    for name, value in problem.headers.items():
+        response.headers[name] = value
+    return response
+
+
+def _http_code(status: int) -> str:
+    return {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(status, f"http-{status}")
+
+
+def _log_start(gateway: Services) -> None:
+    fields: dict[str, Any] = {
+        "policy_version": gateway.policies.policy.version,
+        "redis": bool(gateway.settings.redis_url),
+        "viewer_auth": gateway.viewers is not None,
+        "rotation": gateway.key_manager is not None,
+    }
+    try:
+        fields["signing_key"] = gateway.keys.active().kid
+    except Exception as error:  # noqa: BLE001 - start-up reports the state, readiness fails later
+        fields["signing_key_error"] = type(error).__name__
+    log_event(logger, "gateway.started", **fields)
+    for warning in gateway.keys.warnings():
+        log_event(logger, "gateway.warning", logging.WARNING, warning=warning)

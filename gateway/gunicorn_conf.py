@@ -1,0 +1,98 @@
+"""gunicorn settings for `playback-gateway serve`.
+
+Signing is CPU bound (about a quarter of a millisecond per RS256 signature), so the gateway runs
+one sync-threaded worker per core: threads overlap Redis and network waits, processes use the
+cores. gevent would block its event loop on every signature.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from gunicorn.glogging import Logger
+
+from gateway.observability.logging import JsonFormatter, hash_identifier
+
+bind = os.environ.get("GATEWAY_BIND", "127.0.0.1:8080")
+workers = int(os.environ.get("GATEWAY_WORKERS", str(os.cpu_count() or 2)))
+threads = int(os.environ.get("GATEWAY_THREADS", "4"))
+worker_class = "gthread"
+# A worker silent this long is restarted. Requests are milliseconds, so this only catches hangs.
+timeout = 30
+# Time for in-flight requests to finish after SIGTERM, inside Kubernetes' default 30 s grace period.
+graceful_timeout = 20
+keepalive = 5
+max_requests = 0
+limit_request_line = 4094
+limit_request_fields = 100
+limit_request_field_size = 8190
+accesslog = "-"
+errorlog = "-"
+# Several gunicorn processes of one user would otherwise share one control socket path.
+control_socket_disable = True
+wsgi_app = "gateway.wsgi:app"
+
+
+class JsonLogger(Logger):
+    """gunicorn's error and access logs as JSON lines in the gateway's own format."""
+
+    def setup(self, cfg: Any) -> None:
+        super().setup(cfg)
+        for log in (self.error_log, self.access_log):
+            for handler in log.handlers:
+                handler.setFormatter(JsonFormatter())
+
+    def access(self, resp: Any, req: Any, environ: dict[str, Any], request_time: Any) -> None:
+        if not self.access_log_enabled:
+            return
+        headers = dict(resp.headers) if hasattr(resp, "headers") else {}
+        status = str(resp.status).split(None, 1)[0]
+        self.access_log.info(
+            "http.access",
+            extra={
+                "event": "http.access",
+                "method": environ.get("REQUEST_METHOD"),
+                # The path only: query strings could carry tokens.
+                "path": environ.get("PATH_INFO"),
+                "status": int(status) if status.isdigit() else status,
+                "duration_ms": round(request_time.total_seconds() * 1000, 3),
+                "bytes": getattr(resp, "sent", None),
+                "client": hash_identifier(environ.get("REMOTE_ADDR")),
+                "request_id": headers.get("X-Request-Id"),
+                "user_agent": (environ.get("HTTP_USER_AGENT") or "")[:200],
+            },
+        )
+
+
+logger_class = JsonLogger
+
+
+def on_starting(server: Any) -> None:
+    """Give prometheus-client an empty multiprocess directory before any worker imports it."""
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if directory:
+        path = Path(directory)
+        if path.exists():
+            shutil.rmtree(path)
+        path.mkdir(parents=True)
+    else:
+        directory = tempfile.mkdtemp(prefix="playback-gateway-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    server.log.info("metrics directory ready", extra={"event": "gunicorn.metrics_dir", "path": directory})
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Drop a dead worker's live gauges so they stop counting in the totals."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server: Any) -> None:
+    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+    if Path(directory).name.startswith("playback-gateway-metrics-"):
+        shutil.rmtree(directory, ignore_errors=True)
