@@ -111,6 +111,9 @@ def _build(out: TextIO) -> Any:
 def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from gunicorn.app.wsgiapp import WSGIApplication
 
+    from gateway.gunicorn_conf import prepare_metrics_dir
+
+    prepare_metrics_dir()
     # Build once here so that a bad setting stops start-up with its message, before any worker
     # forks, and so that the dev key exists before workers race to create it.
     if _build(out) is None:

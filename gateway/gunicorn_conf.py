@@ -71,17 +71,26 @@ class JsonLogger(Logger):
 logger_class = JsonLogger
 
 
-def on_starting(server: Any) -> None:
-    """Give prometheus-client an empty multiprocess directory before any worker imports it."""
+def prepare_metrics_dir() -> str:
+    """Point prometheus-client at an empty multiprocess directory; call before it is imported.
+
+    Files left by an earlier run would add stale samples to the totals, so the directory is
+    emptied. Without PROMETHEUS_MULTIPROC_DIR, a temporary directory is made and removed at exit.
+    """
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        path = Path(directory)
-        if path.exists():
-            shutil.rmtree(path)
-        path.mkdir(parents=True)
-    else:
+    if not directory:
         directory = tempfile.mkdtemp(prefix="playback-gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+    path = Path(directory)
+    path.mkdir(parents=True, exist_ok=True)
+    for stale in path.glob("*.db"):
+        stale.unlink()
+    return directory
+
+
+def on_starting(server: Any) -> None:
+    """Empty the metrics directory once more: start-up checks in the master wrote samples there."""
+    directory = prepare_metrics_dir()
     server.log.info("metrics directory ready", extra={"event": "gunicorn.metrics_dir", "path": directory})
 
 

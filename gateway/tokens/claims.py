@@ -44,9 +44,8 @@ def build_claims(
     `fixed` claims come from the policy and override `requested` ones. No iat or nbf: Mux's SDKs
     omit them and Mux documents neither.
     """
-    claims: dict[str, Any] = {**requested, **fixed}
-    claims.update(sub=playback_id, aud=AUDIENCE_CODES[audience], exp=expires_at, kid=kid)
-    return claims
+    standard = {"sub": playback_id, "aud": AUDIENCE_CODES[audience], "exp": expires_at, "kid": kid}
+    return {**standard, **requested, **fixed}
 
 
 def merged_claim_errors(audience: str, claims: Mapping[str, Any], path: str) -> list[FieldError]:

@@ -203,15 +203,15 @@ class TokenService:
 
 def denial_detail(decision: Decision) -> str:
     """Return the human explanation of a deny decision."""
+    if decision.rule is None:
+        return "No policy rule allows this request."
     if decision.denied_audiences:
         outside = ", ".join(decision.denied_audiences)
         return (f"Rule {decision.rule!r} does not grant {outside}: request only the audiences it "
                 "grants, or ask the policy owner for a rule that grants these.")
     if decision.message:
         return f"Denied by rule {decision.rule!r}: {decision.message}"
-    if decision.rule:
-        return f"Denied by rule {decision.rule!r}."
-    return "No policy rule allows this request."
+    return f"Denied by rule {decision.rule!r}."
 
 
 def _prefix(path: str) -> str:
