@@ -76,7 +76,8 @@ def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float
     ).stdout
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     non_2xx_match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
-    return rps, _percentile(output, "50%"), _percentile(output, "99%"), int(non_2xx_match.group(1)) if non_2xx_match else 0
+    non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0
+    return rps, _percentile(output, "50%"), _percentile(output, "99%"), non_2xx
 
 
 def _percentile(output: str, label: str) -> float:

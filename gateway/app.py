@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
@@ -16,10 +17,13 @@ from gateway.auth.clients import ClientRegistry, ClientsFileError
 from gateway.config import ConfigError, Settings
 from gateway.keys.material import KeyMaterialError
 from gateway.observability.logging import configure_logging, log_event, request_id_var
-from gateway.observability.metrics import POLICY_VERSION, REQUEST_SECONDS, REQUESTS
+from gateway.observability.metrics import REQUEST_SECONDS, REQUESTS, labelled
 from gateway.services import Services
 from gateway.tokens.cache import build_token_cache
 from gateway.tokens.service import TokenService
+
+if TYPE_CHECKING:
+    from gateway.policy.store import PolicyStore
 
 logger = logging.getLogger("gateway")
 
@@ -59,10 +63,8 @@ def build_services(settings: Settings) -> Services:
         policies = PolicyStore(settings.policy_path, settings.shadow_policy_path)
     except PolicyLoadError as error:
         raise StartupError(f"GATEWAY_POLICY_PATH: the policy is invalid:\n{error}") from None
-    POLICY_VERSION.labels(version=policies.policy.version).set(1)
-
     try:
-        keys, key_manager = build_key_provider(settings, lambda: policies.policy.max_grant_ttl)
+        keys, key_manager = build_key_provider(settings, _longest_grant_ttl(policies))
     except KeyMaterialError as error:
         raise StartupError(f"MUX_PRIVATE_KEY is not usable: {error}") from None
     except ConfigError as error:
@@ -93,6 +95,22 @@ def build_services(settings: Settings) -> Services:
         rate_limiter=rate_limiter,
         key_manager=key_manager,
     )
+
+
+def _longest_grant_ttl(policies: PolicyStore) -> Callable[[], int]:
+    """Return a function giving the longest token lifetime granted since start.
+
+    Tokens minted under an earlier policy version can outlive a reload that shortens lifetimes,
+    so a retiring key must stay valid for the longest lifetime ever granted, not the current one.
+    """
+    longest = policies.policy.max_grant_ttl
+
+    def current() -> int:
+        nonlocal longest
+        longest = max(longest, policies.policy.max_grant_ttl)
+        return longest
+
+    return current
 
 
 def _register_blueprints(app: Flask) -> None:
@@ -129,9 +147,9 @@ def _register_hooks(app: Flask) -> None:
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        REQUESTS.labels(route=route, method=request.method, status=str(response.status_code)).inc()
+        labelled(REQUESTS, route, request.method, str(response.status_code)).inc()
         if "started" in g:
-            REQUEST_SECONDS.labels(route=route).observe(time.perf_counter() - g.started)
+            labelled(REQUEST_SECONDS, route).observe(time.perf_counter() - g.started)
         return response
 
     @app.teardown_request

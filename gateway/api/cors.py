@@ -5,7 +5,7 @@ credentialed CORS is never enabled and Access-Control-Allow-Credentials is never
 
 A rejected preflight (foreign origin, method the route does not serve, or a request header
 outside the allow list) gets a 403 problem+json without CORS headers. The browser blocks the
-request either way; the 403 body tells a developer looking at the network panel why.
+request either way, and the 403 body shows a developer in the network panel which check failed.
 """
 
 from __future__ import annotations
@@ -34,10 +34,10 @@ def install_cors(
     expose_headers: Iterable[str] = DEFAULT_EXPOSE_HEADERS,
     max_age: int = DEFAULT_MAX_AGE_SECONDS,
 ) -> None:
-    """Answer preflights and add CORS headers to responses for the allowed `origins`.
+    """Respond to preflights and add CORS headers to responses for the allowed `origins`.
 
     Does nothing when `origins` is empty. The preflight handler is inserted as the first
-    app-level before_request function, so a preflight is answered before authentication or rate
+    app-level before_request function, so a preflight gets its response before authentication or rate
     limiting run, whichever order they were registered in.
     """
     if not origins:
@@ -103,14 +103,16 @@ class _CorsPolicy:
             )
 
         requested_headers = _requested_headers()
-        refused = [name for name in requested_headers if name not in self._allow_headers]
-        if refused:
+        disallowed = [name for name in requested_headers if name not in self._allow_headers]
+        if disallowed:
             return _rejection(
-                f"Request headers {_bounded(', '.join(refused))} are not allowed in cross-origin "
+                f"Request headers {_bounded(', '.join(disallowed))} are not allowed in cross-origin "
                 f"requests; allowed: {', '.join(self._allow_headers.values())}."
             )
 
         response = Response(status=204)
+        # A 204 has no body, so the default text/html Content-Type would describe nothing.
+        del response.headers["Content-Type"]
         response.headers["Access-Control-Allow-Origin"] = origin
         response.headers["Access-Control-Allow-Methods"] = ", ".join(route_methods)
         if requested_headers:
@@ -121,7 +123,7 @@ class _CorsPolicy:
     def add_response_headers(self, response: Response) -> Response:
         """Add Vary: Origin to every response, and CORS headers for an allowed origin."""
         if _is_preflight():
-            # The answer depends on the preflight's request headers too, so caches must key on them.
+            # The response depends on the preflight's request headers too, so caches must key on them.
             for name in _PREFLIGHT_VARY:
                 response.vary.add(name)
             return response

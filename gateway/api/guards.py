@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
-import uuid
+import secrets
 from typing import Any
 
 from flask import g, request
@@ -14,7 +14,6 @@ from gateway.api.problems import Problem
 from gateway.api.schemas import parse_json_body
 from gateway.auth.principal import ANONYMOUS, Caller
 from gateway.observability.logging import hash_identifier, log_event, request_id_var
-from gateway.observability.metrics import RATE_LIMITED
 
 logger = logging.getLogger(__name__)
 
@@ -28,7 +27,7 @@ _MAX_API_KEY_BYTES = 256
 def assign_request_id() -> None:
     """Accept a well-formed X-Request-Id from the caller, else generate one."""
     supplied = request.headers.get("X-Request-Id", "")
-    request_id = supplied if _REQUEST_ID.match(supplied) else uuid.uuid4().hex
+    request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
     g.request_id = request_id
     g.request_id_token = request_id_var.set(request_id)
 
@@ -79,7 +78,12 @@ def _verified_viewer(authorization: str, verifier: Any) -> Any:
         return verifier.verify(match.group(1))
     except ViewerAuthError as error:
         log_event(logger, "auth.viewer_rejected", logging.INFO, reason=error.reason)
-        raise _unauthorized("invalid-token", f"The viewer JWT was rejected: {error.detail}") from None
+        if error.reason == "keys-unavailable":
+            # The identity provider's key set cannot be fetched: our problem, not the viewer's.
+            raise Problem(503, "viewer-keys-unavailable", f"Viewer JWTs cannot be verified right now: {error.detail}",
+                          headers={"Retry-After": "5"}) from None
+        raise Problem(401, "invalid-token", f"The viewer JWT was rejected: {error.detail}",
+                      headers={"WWW-Authenticate": error.www_authenticate}) from None
 
 
 def _unauthorized(code: str, detail: str) -> Problem:
@@ -118,7 +122,7 @@ def enforce_rate_limits(cost: int) -> None:
     caller = g.caller
     settings = services().settings
     identities = {
-        "ip": client_ip(request.remote_addr or "", request.headers.get("X-Forwarded-For"),
+        "ip": client_ip(request.remote_addr or "", ", ".join(request.headers.getlist("X-Forwarded-For")) or None,
                         settings.trusted_proxies),
     }
     if caller.client is not None:
@@ -129,7 +133,6 @@ def enforce_rate_limits(cost: int) -> None:
     for kind, identity in identities.items():
         result = limiter.check(kind, identity, cost=cost)
         if not result.allowed:
-            RATE_LIMITED.labels(kind=kind).inc()
             log_event(logger, "ratelimit.rejected", logging.INFO, kind=kind,
                       identity=hash_identifier(identity), limit=result.limit)
             raise Problem(

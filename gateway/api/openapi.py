@@ -118,8 +118,10 @@ def _key_route(summary: str, scope: str, method: str) -> dict[str, Any]:
         "summary": summary,
         "description": f"Needs an API key with scope {scope}.",
         "security": [{"apiKey": []}],
-        "responses": _responses({"description": "Result", "content": {"application/json": {"schema": {"type": "object"}}}},
-                                ("401", "403", "503")),
+        "responses": _responses(
+            {"description": "Result", "content": {"application/json": {"schema": {"type": "object"}}}},
+            ("401", "403", "503"),
+        ),
     }}
 
 

@@ -7,6 +7,13 @@ imported, so each worker writes its samples to files and one scrape adds them al
 from __future__ import annotations
 
 import os
+from pathlib import Path
+from typing import Any
+
+# prometheus-client opens its files in this directory at import time and fails if it is missing
+# (an emptyDir /tmp in Kubernetes starts empty), so make sure it exists first.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    Path(os.environ["PROMETHEUS_MULTIPROC_DIR"]).mkdir(parents=True, exist_ok=True)
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -99,6 +106,18 @@ DEV_KEY_IN_USE = Gauge(
     f"{PREFIX}_dev_key_in_use", "1 when signing with the embedded dev key that Mux rejects",
     multiprocess_mode="livemax",
 )
+
+
+def labelled(metric: Any, *values: str) -> Any:
+    """Return the child of `metric` for `values`, memoized: `labels()` costs microseconds per call."""
+    key = (id(metric), values)
+    child = _children.get(key)
+    if child is None:
+        child = _children.setdefault(key, metric.labels(*values))
+    return child
+
+
+_children: dict[tuple[int, tuple[str, ...]], Any] = {}
 
 
 def exposition() -> tuple[bytes, str]:

@@ -103,11 +103,26 @@ class RedisBackend:
         return dropped
 
 
-class TokenCache:
-    """Get-or-sign with single flight: concurrent misses for one key sign once per process."""
+_HIT = CACHE_REQUESTS.labels(result="hit")
+_MISS = CACHE_REQUESTS.labels(result="miss")
+_ERROR = CACHE_REQUESTS.labels(result="error")
 
-    def __init__(self, backend: CacheBackend, *, component: str = "token_cache") -> None:
+# How long a worker keeps a token from Redis in memory. Short, so that memory stays small.
+_LOCAL_SECONDS = 30
+_LOCAL_MAX_ENTRIES = 10_000
+
+
+class TokenCache:
+    """Get-or-sign with single flight: concurrent misses for one key sign once per process.
+
+    With a shared backend (Redis), each worker also keeps recent tokens in memory, so a hot
+    playback ID costs no Redis round trip. Revocation drops them; a rotation makes them
+    unreachable because the signing key id is part of every key.
+    """
+
+    def __init__(self, backend: CacheBackend, *, component: str = "token_cache", local: bool = False) -> None:
         self._backend = backend
+        self._local = InProcessBackend(_LOCAL_MAX_ENTRIES) if local else None
         self._component = component
         self._inflight: dict[str, Future[tuple[str, int]]] = {}
         self._inflight_lock = threading.Lock()
@@ -149,6 +164,8 @@ class TokenCache:
 
     def drop_key_id(self, kid: str) -> int:
         """Delete every cached token signed with `kid` (after a revocation). Returns the count."""
+        if self._local is not None:
+            self._local.drop_prefix(f"{KEY_PREFIX}{kid}:")
         try:
             return self._backend.drop_prefix(f"{KEY_PREFIX}{kid}:")
         except REDIS_EXCEPTIONS as error:
@@ -156,26 +173,40 @@ class TokenCache:
             return 0
 
     def _lookup(self, key: str, ttl: int) -> tuple[str, int] | None:
+        if self._local is not None:
+            found = _usable(self._local.get(key), ttl)
+            if found is not None:
+                _HIT.inc()
+                return found
+
         if time.monotonic() < self._bypass_until:
-            CACHE_REQUESTS.labels(result="error").inc()
+            _ERROR.inc()
             return None
         try:
             entry = self._backend.get(key)
         except REDIS_EXCEPTIONS as error:
             self._record_error("get", error)
-            CACHE_REQUESTS.labels(result="error").inc()
+            _ERROR.inc()
             return None
 
-        if entry is not None:
-            exp_text, _, token = entry.partition(".")
-            # Redis expires entries at half-life already; this check also covers clock drift.
-            if exp_text.isdigit() and int(exp_text) - time.time() >= ttl / 2:
-                CACHE_REQUESTS.labels(result="hit").inc()
-                return token, int(exp_text)
-        CACHE_REQUESTS.labels(result="miss").inc()
-        return None
+        found = _usable(entry, ttl)
+        if found is None:
+            _MISS.inc()
+            return None
+        _HIT.inc()
+        if self._local is not None:
+            self._keep_locally(key, entry, found[1], ttl)  # type: ignore[arg-type]
+        return found
+
+    def _keep_locally(self, key: str, value: str, exp: int, ttl: int) -> None:
+        assert self._local is not None
+        half_life_left = int(exp - ttl / 2 - time.time())
+        if half_life_left >= 1:
+            self._local.set(key, value, min(half_life_left, _LOCAL_SECONDS))
 
     def _store(self, key: str, value: str, keep_seconds: int) -> None:
+        if self._local is not None and keep_seconds >= 1:
+            self._local.set(key, value, min(keep_seconds, _LOCAL_SECONDS))
         if keep_seconds < 1 or time.monotonic() < self._bypass_until:
             return
         try:
@@ -196,7 +227,19 @@ class TokenCache:
             )
 
 
+def _usable(entry: str | None, ttl: int) -> tuple[str, int] | None:
+    """Return (token, exp) from a stored `exp.token` value if half its lifetime remains."""
+    if entry is None:
+        return None
+    exp_text, _, token = entry.partition(".")
+    # Backends expire entries at half-life already; this check also covers clock drift.
+    if exp_text.isdigit() and int(exp_text) - time.time() >= ttl / 2:
+        return token, int(exp_text)
+    return None
+
+
 def build_token_cache(redis_url: str | None) -> TokenCache:
-    """Return a Redis-backed cache when a URL is set, else an in-process one."""
-    backend: CacheBackend = RedisBackend(redis_url) if redis_url else InProcessBackend()
-    return TokenCache(backend)
+    """Return a Redis-backed cache (with a per-worker memory layer) when a URL is set, else an in-process one."""
+    if redis_url:
+        return TokenCache(RedisBackend(redis_url), local=True)
+    return TokenCache(InProcessBackend())

@@ -13,7 +13,7 @@ from gateway.api.problems import FieldError
 from gateway.auth.principal import Caller, Viewer
 from gateway.keys.provider import KeyProvider
 from gateway.observability.logging import hash_identifier, log_event
-from gateway.observability.metrics import POLICY_DECISIONS, TOKENS_ISSUED, TOKENS_MINTED
+from gateway.observability.metrics import POLICY_DECISIONS, TOKENS_ISSUED, TOKENS_MINTED, labelled
 from gateway.policy.model import Decision, DecisionInput
 from gateway.tokens.cache import TokenCache, cache_key
 from gateway.tokens.claims import build_claims, merged_claim_errors
@@ -126,7 +126,7 @@ class TokenService:
         )
         decision = self._policies.evaluate(decision_input)
 
-        POLICY_DECISIONS.labels(effect=decision.effect, rule=decision.rule or "none").inc()
+        labelled(POLICY_DECISIONS, decision.effect, decision.rule or "none").inc()
         log_event(
             logger, "policy.decision",
             effect=decision.effect, rule=decision.rule, policy_version=decision.policy_version,
@@ -184,7 +184,7 @@ class TokenService:
             tokens[audience] = token
             urls[audience] = playback_url(audience, request.playback_id, token)
             expirations.append(exp)
-            TOKENS_ISSUED.labels(audience=audience).inc()
+            labelled(TOKENS_ISSUED, audience).inc()
 
         assert plan.decision.rule is not None
         return TokenResult(request.playback_id, tokens, urls, min(expirations), plan.decision.rule)
@@ -195,7 +195,7 @@ class TokenService:
             claims = {**claims, "kid": key.kid}
 
         def sign_now() -> str:
-            TOKENS_MINTED.labels(audience=audience).inc()
+            labelled(TOKENS_MINTED, audience).inc()
             return sign(claims, key)
 
         return self._cache.get_or_sign(cache_key(key.kid, ttl, claims), ttl, claims["exp"], sign_now)

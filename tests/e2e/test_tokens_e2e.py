@@ -91,7 +91,8 @@ def test_signed_in_viewer_gets_gif_token(gateway: GatewayProcess, mux_key: Signi
     assert response.status_code == 200
     data = response.json()
     assert data["rule"] == "free-signed-in"
-    assert_token(data["tokens"]["gif"], mux_key, FREE_ID_2, "gif", 3600, {"start": 2, "end": 6, "width": 320, "fps": 15})
+    modifiers = {"start": 2, "end": 6, "width": 320, "fps": 15}
+    assert_token(data["tokens"]["gif"], mux_key, FREE_ID_2, "gif", 3600, modifiers)
     assert data["urls"]["gif"] == f"https://image.mux.com/{FREE_ID_2}/animated.gif?token={data['tokens']['gif']}"
 
 
@@ -188,7 +189,10 @@ def test_bad_viewer_jwt_is_401_never_anonymous(
     problem = response.json()
     assert problem["status"] == 401
     assert problem["detail"].startswith(detail)
-    assert response.headers["WWW-Authenticate"] == 'Bearer realm="playback-gateway"'
+    expected_challenge = 'Bearer realm="playback-gateway"'
+    if case in tokens:
+        expected_challenge += ', error="invalid_token"'
+    assert response.headers["WWW-Authenticate"] == expected_challenge
     if case in tokens:
         assert tokens[case] not in response.text
 

@@ -52,8 +52,9 @@ def test_cache_key_ignores_exp_only() -> None:
 
 @pytest.fixture(params=["in-process", "redis"])
 def cache(request: pytest.FixtureRequest, redis_url: str) -> TokenCache:
-    backend = InProcessBackend() if request.param == "in-process" else RedisBackend(redis_url)
-    return TokenCache(backend)
+    if request.param == "in-process":
+        return TokenCache(InProcessBackend())
+    return TokenCache(RedisBackend(redis_url), local=True)
 
 
 def test_hit_after_miss(cache: TokenCache) -> None:
@@ -134,25 +135,41 @@ def _wait_for(condition: Callable[[], bool], timeout: float = 5.0) -> None:
         time.sleep(0.05)
 
 
-def test_redis_down_mints_uncached_then_recovers(redis_server: RedisServer, redis_url: str) -> None:
-    cache = TokenCache(RedisBackend(redis_url))
+def test_redis_down_mints_then_recovers(redis_server: RedisServer, redis_url: str) -> None:
+    worker_a = TokenCache(RedisBackend(redis_url), local=True)
+    worker_b = TokenCache(RedisBackend(redis_url), local=True)
     signer = Signer()
     expires_at = int(time.time()) + 3600
     errors_before = _redis_errors()
 
     redis_server.stop()
-    first = cache.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
-    second = cache.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
+    first = worker_a.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
+    # Worker B cannot see A's token without Redis, so it signs its own.
+    second = worker_b.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
+    # Each worker still keeps its own tokens in memory.
+    again = worker_a.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
 
     assert first[0] == "header.payload1.signature"
     assert second[0] == "header.payload2.signature"
+    assert again == first
     assert _redis_errors() - errors_before >= 1
 
     redis_server.start()
     time.sleep(1.1)  # the breaker skips Redis for one second after a failure
-    third = cache.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
-    fourth = cache.get_or_sign("pgw:tok:k1:d", 3600, expires_at, signer)
+    third = worker_a.get_or_sign("pgw:tok:k1:e", 3600, expires_at, signer)
+    shared = worker_b.get_or_sign("pgw:tok:k1:e", 3600, expires_at, signer)
 
     assert third[0] == "header.payload3.signature"
-    assert fourth == third
+    assert shared == third
     assert signer.calls == 3
+
+
+def test_local_layer_drops_revoked_key(redis_url: str) -> None:
+    cache = TokenCache(RedisBackend(redis_url), local=True)
+    signer = Signer()
+    expires_at = int(time.time()) + 3600
+    cache.get_or_sign("pgw:tok:gone:a", 3600, expires_at, signer)
+
+    assert cache.drop_key_id("gone") == 1
+
+    assert cache.get_or_sign("pgw:tok:gone:a", 3600, expires_at, signer)[0] == "header.payload2.signature"
