@@ -29,7 +29,7 @@ logger = logging.getLogger("gateway")
 
 
 class StartupError(RuntimeError):
-    """The gateway cannot start. The message says which setting or file is wrong and how to fix it."""
+    """The gateway cannot start. The message names the invalid setting or file and the fix."""
 
 
 def create_app(settings: Settings | None = None) -> Flask:
@@ -66,7 +66,7 @@ def build_services(settings: Settings) -> Services:
     try:
         keys, key_manager = build_key_provider(settings, _longest_grant_ttl(policies))
     except KeyMaterialError as error:
-        raise StartupError(f"MUX_PRIVATE_KEY is not usable: {error}") from None
+        raise StartupError(f"MUX_PRIVATE_KEY is invalid: {error}") from None
     except ConfigError as error:
         raise StartupError(str(error)) from None
 

@@ -153,7 +153,7 @@ def _build_request(body: dict[str, Any], path: str) -> TokenRequest:
         asserted = body["viewer"]
         viewer = Viewer(
             id=asserted.get("id"),
-            # A viewer with an id is authenticated unless the client says otherwise.
+            # A viewer with an id is authenticated unless the client sets authenticated to false.
             authenticated=asserted.get("authenticated", asserted.get("id") is not None),
             entitlements=tuple(asserted.get("entitlements", [])),
             claims=dict(asserted.get("claims", {})),
@@ -178,5 +178,5 @@ def parse_batch(body: Any) -> list[Any]:
     if not isinstance(items, list) or not items:
         raise invalid_request([FieldError("items", "must be a non-empty list of token requests")])
     if len(items) > MAX_BATCH_ITEMS:
-        raise invalid_request([FieldError("items", f"must hold at most {MAX_BATCH_ITEMS} items, got {len(items)}")])
+        raise invalid_request([FieldError("items", f"must contain at most {MAX_BATCH_ITEMS} items, got {len(items)}")])
     return items

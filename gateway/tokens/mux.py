@@ -24,7 +24,7 @@ AUDIENCE_CODES: dict[str, str] = {
 AUDIENCES: tuple[str, ...] = tuple(AUDIENCE_CODES)
 AUDIENCE_BY_CODE: dict[str, str] = {code: name for name, code in AUDIENCE_CODES.items()}
 
-# What a viewer gets when a request names no audiences: the three that Mux Player uses.
+# Audiences granted when a request names none: the three that Mux Player uses.
 DEFAULT_AUDIENCES: tuple[str, ...] = ("video", "thumbnail", "storyboard")
 
 # Claims the gateway sets itself. A request or a policy that tries to set one is rejected.
@@ -51,7 +51,7 @@ _MAX_THUMBNAIL_PIXELS = 10_000
 
 
 class ClaimValueError(ValueError):
-    """A modifier claim value that Mux would reject, with a message that says how to fix it."""
+    """A modifier claim value that Mux would reject. The message explains the fix."""
 
 
 @dataclass(frozen=True)

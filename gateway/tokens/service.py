@@ -66,7 +66,7 @@ class InvalidClaimsError(Exception):
 
 @dataclass(frozen=True)
 class TokenPlan:
-    """What would be signed: the decision, the lifetime and each audience's claims."""
+    """The signing plan: the decision, the lifetime and each audience's claims."""
 
     decision: Decision
     ttl: int
@@ -94,7 +94,7 @@ class TokenResult:
 
 
 class TokenService:
-    """Decide, build claims and sign. Knows nothing about HTTP."""
+    """Decide, build claims and sign, on plain values with no HTTP types."""
 
     def __init__(
         self,

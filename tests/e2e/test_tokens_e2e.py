@@ -323,7 +323,7 @@ def test_batch_keeps_order_and_item_errors(gateway: GatewayProcess, mux_key: Sig
     ("body", "message"),
     [
         ({"items": []}, "must be a non-empty list of token requests"),
-        ({"items": [{"playback_id": FREE_ID}] * 101}, "must hold at most 100 items, got 101"),
+        ({"items": [{"playback_id": FREE_ID}] * 101}, "must contain at most 100 items, got 101"),
         ({"things": []}, "the body must be an object with a single key 'items'"),
     ],
 )

@@ -39,6 +39,8 @@ class RedisServer:
             [
                 self.binary, "--port", str(self.port), "--bind", "127.0.0.1",
                 "--save", "", "--appendonly", "no", "--dir", str(self.directory),
+                # Lets tests stall the server with DEBUG SLEEP to simulate a slow Redis.
+                "--enable-debug-command", "local",
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,

@@ -173,3 +173,22 @@ def test_local_layer_drops_revoked_key(redis_url: str) -> None:
     assert cache.drop_key_id("gone") == 1
 
     assert cache.get_or_sign("pgw:tok:gone:a", 3600, expires_at, signer)[0] == "header.payload2.signature"
+
+
+def test_slow_redis_times_out_and_mints(redis_server: RedisServer, redis_url: str) -> None:
+    import redis
+
+    cache = TokenCache(RedisBackend(redis_url), local=True)
+    signer = Signer()
+    errors_before = _redis_errors()
+    admin = redis.Redis.from_url(redis_url)
+
+    # DEBUG SLEEP blocks the server, as a Redis stuck in a long command or a network stall would.
+    sleeper = threading.Thread(target=lambda: admin.execute_command("DEBUG", "SLEEP", "1"))
+    sleeper.start()
+    time.sleep(0.1)
+    token, _ = cache.get_or_sign("pgw:tok:k1:slow", 3600, int(time.time()) + 3600, signer)
+    sleeper.join()
+
+    assert token == "header.payload1.signature"
+    assert _redis_errors() - errors_before == 1
