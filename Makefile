@@ -28,6 +28,8 @@ demo: $(VENV)/.installed
 test: $(STAMP)
 	bash .ci/ensure-redis
 	$(BIN)/ruff check .
+	$(BIN)/playback-gateway policy test policies/
+	$(BIN)/playback-gateway policy check policies/
 	$(BIN)/python -m pytest
 
 lint: $(STAMP)
@@ -38,4 +40,4 @@ bench: $(STAMP)
 	$(BIN)/python bench/run.py
 
 clean:
-	rm -rf $(VENV) .gateway .pytest_cache .ruff_cache
+	rm -rf $(VENV) .gateway .pytest_cache .ruff_cache .hypothesis

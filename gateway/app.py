@@ -17,7 +17,14 @@ from gateway.auth.clients import ClientRegistry, ClientsFileError
 from gateway.config import ConfigError, Settings
 from gateway.keys.material import KeyMaterialError
 from gateway.observability.logging import configure_logging, log_event, request_id_var
-from gateway.observability.metrics import REQUEST_SECONDS, REQUESTS, labelled
+from gateway.observability.metrics import (
+    DEV_KEY_IN_USE,
+    POLICY_VERSION,
+    REQUEST_SECONDS,
+    REQUESTS,
+    SIGNING_KEY_USABLE,
+    labelled,
+)
 from gateway.services import Services
 from gateway.tokens.cache import build_token_cache
 from gateway.tokens.service import TokenService
@@ -38,16 +45,23 @@ def create_app(settings: Settings | None = None) -> Flask:
         settings = settings or Settings.from_env()
     except ConfigError as error:
         raise StartupError(str(error)) from None
-    configure_logging(settings.log_level)
+    try:
+        configure_logging(settings.log_level, settings.audit_log_path)
+    except OSError as error:
+        raise StartupError(f"GATEWAY_AUDIT_LOG {settings.audit_log_path} cannot be opened: {error.strerror}") from None
+    return create_app_from_services(build_services(settings))
 
+
+def create_app_from_services(gateway: Services) -> Flask:
+    """Wire routes, hooks and error handlers around services that are already built."""
     app = Flask("gateway")
     app.json.sort_keys = False  # type: ignore[attr-defined]
-    app.extensions["gateway"] = build_services(settings)
+    app.extensions["gateway"] = gateway
 
     _register_blueprints(app)
     _register_hooks(app)
     _register_error_handlers(app)
-    _log_start(app.extensions["gateway"])
+    _log_start(gateway)
     return app
 
 
@@ -83,6 +97,9 @@ def build_services(settings: Settings) -> Services:
     cache = build_token_cache(settings.redis_url)
     if key_manager is not None:
         key_manager.on_revoked = cache.drop_key_id
+    if hasattr(keys, "add_removal_listener"):
+        # Every worker and replica hears of a revocation, so each drops its own copies.
+        keys.add_removal_listener(cache.drop_key_id)
 
     rate_limiter = RateLimiter(settings.redis_url, settings.rate_limits) if settings.rate_limits else None
     return Services(
@@ -198,6 +215,21 @@ def _http_code(status: int) -> str:
     return {404: "not-found", 405: "method-not-allowed", 413: "body-too-large"}.get(status, f"http-{status}")
 
 
+def publish_state_metrics(gateway: Services) -> None:
+    """Set this process's gauges for the policy version and the signing key.
+
+    A forked gunicorn worker starts with empty gauges, so each worker calls this once it runs.
+    """
+    POLICY_VERSION.labels(version=gateway.policies.policy.version).set(1)
+    try:
+        active = gateway.keys.active()
+    except Exception:  # noqa: BLE001 - any failure means no usable key; readiness reports why
+        SIGNING_KEY_USABLE.set(0)
+        return
+    SIGNING_KEY_USABLE.set(1)
+    DEV_KEY_IN_USE.set(1 if active.source == "dev" else 0)
+
+
 def _log_start(gateway: Services) -> None:
     fields: dict[str, Any] = {
         "policy_version": gateway.policies.policy.version,
@@ -209,6 +241,7 @@ def _log_start(gateway: Services) -> None:
         fields["signing_key"] = gateway.keys.active().kid
     except Exception as error:  # noqa: BLE001 - start-up reports the state, readiness fails later
         fields["signing_key_error"] = type(error).__name__
+    publish_state_metrics(gateway)
     log_event(logger, "gateway.started", **fields)
     for warning in gateway.keys.warnings():
         log_event(logger, "gateway.warning", logging.WARNING, warning=warning)

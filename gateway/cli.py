@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -93,14 +94,12 @@ def _load_settings(out: TextIO) -> Any:
         return None
 
 
-def _build(out: TextIO) -> Any:
+def _build(out: TextIO, log_level: str = "WARNING") -> Any:
     from gateway.app import StartupError, build_services
-    from gateway.observability.logging import configure_logging
 
     settings = _load_settings(out)
-    if settings is None:
+    if settings is None or not _configure_logging(settings, log_level):
         return None
-    configure_logging("WARNING")
     try:
         return build_services(settings)
     except StartupError as error:
@@ -108,27 +107,46 @@ def _build(out: TextIO) -> Any:
         return None
 
 
-def _serve(args: argparse.Namespace, out: TextIO) -> int:
-    from gunicorn.app.wsgiapp import WSGIApplication
+def _settings_log_level() -> str:
+    return os.environ.get("GATEWAY_LOG_LEVEL", "INFO").upper()
 
+
+def _configure_logging(settings: Any, level: str) -> bool:
+    from gateway.observability.logging import configure_logging
+
+    try:
+        configure_logging(level, settings.audit_log_path)
+    except OSError as error:
+        print(f"error: GATEWAY_AUDIT_LOG {settings.audit_log_path} cannot be opened: {error.strerror}",
+              file=sys.stderr)
+        return False
+    return True
+
+
+def _serve(args: argparse.Namespace, out: TextIO) -> int:
     from gateway.gunicorn_conf import prepare_metrics_dir
+    from gateway.server import GatewayServer
 
     prepare_metrics_dir()
-    # Build once here so that a bad setting stops start-up with its message, before any worker
-    # forks, and so that the dev key exists before workers race to create it.
-    if _build(out) is None:
+
+    # The app is built once here, in the gunicorn master: a bad setting stops start-up with its
+    # message before any worker forks, and every worker, including one that replaces a crashed
+    # worker later, starts from this validated state rather than re-reading files that may have
+    # been broken since.
+    gateway = _build(out, log_level=_settings_log_level())
+    if gateway is None:
         return EXIT_STARTUP
 
-    argv = ["playback-gateway", "--config", "python:gateway.gunicorn_conf"]
-    if args.bind:
-        argv += ["--bind", args.bind]
-    if args.workers:
-        argv += ["--workers", str(args.workers)]
-    if args.threads:
-        argv += ["--threads", str(args.threads)]
+    from gateway.app import create_app_from_services
 
-    sys.argv = argv
-    WSGIApplication("%(prog)s [OPTIONS]").run()
+    overrides: dict[str, Any] = {}
+    if args.bind:
+        overrides["bind"] = [args.bind]
+    if args.workers:
+        overrides["workers"] = args.workers
+    if args.threads:
+        overrides["threads"] = args.threads
+    GatewayServer(create_app_from_services(gateway), overrides).run()
     return EXIT_OK
 
 
@@ -206,7 +224,7 @@ def _keys(args: argparse.Namespace, out: TextIO) -> int:
     from gateway.keys.commands import keys_command
 
     settings = _load_settings(out)
-    if settings is None:
+    if settings is None or not _configure_logging(settings, settings.log_level):
         return EXIT_STARTUP
     return keys_command(args, settings, out)
 

@@ -61,6 +61,7 @@ class Settings:
     trusted_proxies: int = 0
     max_body_bytes: int = DEFAULT_MAX_BODY_BYTES
     log_level: str = "INFO"
+    audit_log_path: Path | None = None
 
     @property
     def rotation_enabled(self) -> bool:
@@ -121,11 +122,25 @@ class Settings:
                 DEFAULT_MAX_BODY_BYTES, 1024, 64 * 1_048_576,
             ),
             log_level=_log_level(get("GATEWAY_LOG_LEVEL")),
+            audit_log_path=_audit_log_path(get("GATEWAY_AUDIT_LOG")),
         )
 
 
 def _optional_path(value: str | None) -> Path | None:
     return Path(value) if value else None
+
+
+def _audit_log_path(value: str | None) -> Path | None:
+    if value is None:
+        return None
+    path = Path(value.strip())
+    if path.is_dir():
+        raise ConfigError(f"GATEWAY_AUDIT_LOG must be a file path, got the folder {value!r}: name a file in it")
+    if not path.parent.is_dir():
+        raise ConfigError(
+            f"GATEWAY_AUDIT_LOG folder {str(path.parent)!r} does not exist: create it or choose another path"
+        )
+    return path
 
 
 def _int(name: str, value: str | None, default: int, minimum: int, maximum: int) -> int:

@@ -40,6 +40,9 @@ errorlog = "-"
 # Several gunicorn processes of one user would otherwise share one control socket path.
 control_socket_disable = True
 wsgi_app = "gateway.wsgi:app"
+# Build the app once in the master and fork it: a worker that replaces a crashed one starts from
+# the validated state instead of re-reading policy or clients files that may be broken by now.
+preload_app = True
 
 
 class _AccessFormatter(logging.Formatter):
@@ -69,11 +72,14 @@ class JsonLogger(Logger):
                 request_id = value
                 break
         status = str(resp.status).split(None, 1)[0]
+        now = time.time()
         entry = {
-            "ts": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            # The same fields and timestamp format as JsonFormatter's lines.
+            "ts": time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now)) + f".{int(now % 1 * 1000):03d}Z",
             "level": "info",
             "logger": "gunicorn.access",
             "event": "http.access",
+            "pid": os.getpid(),
             "request_id": request_id,
             "method": environ.get("REQUEST_METHOD"),
             # The path only: query strings could carry tokens.
@@ -111,6 +117,15 @@ def on_starting(server: Any) -> None:
     """Empty the metrics directory once more: start-up checks in the master wrote samples there."""
     directory = prepare_metrics_dir()
     server.log.info("metrics directory ready", extra={"event": "gunicorn.metrics_dir", "path": directory})
+
+
+def post_worker_init(worker: Any) -> None:
+    """Publish this worker's gauges: a forked process starts with none of the master's samples."""
+    from gateway.app import publish_state_metrics
+    from gateway.observability.logging import log_event
+
+    publish_state_metrics(worker.wsgi.extensions["gateway"])
+    log_event(logging.getLogger("gateway"), "worker.started")
 
 
 def child_exit(server: Any, worker: Any) -> None:

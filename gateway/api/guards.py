@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import re
 import secrets
+from collections.abc import Sequence
 from typing import Any
 
 from flask import g, request
@@ -12,8 +13,9 @@ from flask import g, request
 from gateway.api.context import services
 from gateway.api.problems import Problem
 from gateway.api.schemas import parse_json_body
-from gateway.auth.principal import ANONYMOUS, Caller
+from gateway.auth.principal import ANONYMOUS, Caller, Viewer
 from gateway.observability.logging import hash_identifier, log_event, request_id_var
+from gateway.tokens.service import TokenRequest
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +47,11 @@ def authenticate_caller() -> None:
     api_key = request.headers.get("X-Api-Key")
     if api_key is not None:
         if len(api_key) > _MAX_API_KEY_BYTES or not api_key.strip():
-            raise _unauthorized("invalid-api-key", "The X-Api-Key header is malformed.")
+            raise _invalid_api_key("The X-Api-Key header is malformed.")
         client = gateway.clients.authenticate(api_key.strip())
         if client is None:
             log_event(logger, "auth.api_key_rejected", logging.WARNING)
-            raise _unauthorized("invalid-api-key", "The API key is not known: check the X-Api-Key header.")
+            raise _invalid_api_key("The API key is not known: check the X-Api-Key header.")
 
     viewer = ANONYMOUS
     authorization = request.headers.get("Authorization")
@@ -90,6 +92,11 @@ def _unauthorized(code: str, detail: str) -> Problem:
     return Problem(401, code, detail, headers={"WWW-Authenticate": 'Bearer realm="playback-gateway"'})
 
 
+def _invalid_api_key(detail: str) -> Problem:
+    # The same challenge as a route that needs an API key and got none: the fix is the X-Api-Key header.
+    return Problem(401, "invalid-api-key", detail, headers={"WWW-Authenticate": 'ApiKey realm="playback-gateway"'})
+
+
 def read_json_body() -> Any:
     """Return the parsed JSON body: 415 unless it is JSON, 413 over the size limit, 400 if invalid."""
     mimetype = request.mimetype or ""
@@ -111,27 +118,39 @@ def _too_large(limit: int) -> Problem:
                    f"The body is larger than {limit} bytes: send fewer items or split the request.")
 
 
-def enforce_rate_limits(cost: int) -> None:
-    """Apply the viewer, client and IP limits; `cost` counts each batch item."""
+def enforce_rate_limits(token_requests: Sequence[TokenRequest | None]) -> None:
+    """Apply the viewer, client and IP limits to one request per entry of `token_requests`.
+
+    Every entry counts against the client and IP limits. Against the viewer limit, an entry
+    counts for the viewer it is for: the viewer a service client asserted in it, else the
+    caller's own viewer (its JWT `sub`). None stands for a batch item that failed to parse, and
+    it counts for the caller's own viewer. A client asserting many viewers therefore charges each
+    of them, not itself, under the viewer limit.
+
+    The limits are checked from the most specific to the most shared, and the first rejection
+    stops the checks. So a viewer who keeps retrying past its own limit does not use up the
+    allowance of the client or the address it shares with other viewers.
+    """
     limiter = services().rate_limiter
-    if limiter is None:
+    if limiter is None or not token_requests:
         return
 
     from gateway.ratelimit import client_ip
 
     caller = g.caller
     settings = services().settings
-    identities = {
-        "ip": client_ip(request.remote_addr or "", ", ".join(request.headers.getlist("X-Forwarded-For")) or None,
-                        settings.trusted_proxies),
-    }
+    cost = len(token_requests)
+    charges: list[tuple[str, str, int]] = [
+        ("viewer", viewer_id, viewer_cost)
+        for viewer_id, viewer_cost in _requests_per_viewer(token_requests, caller.viewer).items()
+    ]
     if caller.client is not None:
-        identities["client"] = caller.client.id
-    if caller.viewer.authenticated and caller.viewer.id:
-        identities["viewer"] = caller.viewer.id
+        charges.append(("client", caller.client.id, cost))
+    forwarded_for = ", ".join(request.headers.getlist("X-Forwarded-For")) or None
+    charges.append(("ip", client_ip(request.remote_addr or "", forwarded_for, settings.trusted_proxies), cost))
 
-    for kind, identity in identities.items():
-        result = limiter.check(kind, identity, cost=cost)
+    for kind, identity, charged in charges:
+        result = limiter.check(kind, identity, cost=charged)
         if not result.allowed:
             log_event(logger, "ratelimit.rejected", logging.INFO, kind=kind,
                       identity=hash_identifier(identity), limit=result.limit)
@@ -141,3 +160,15 @@ def enforce_rate_limits(cost: int) -> None:
                 headers={"Retry-After": str(result.retry_after)},
                 extra={"limit": kind},
             )
+
+
+def _requests_per_viewer(token_requests: Sequence[TokenRequest | None], own_viewer: Viewer) -> dict[str, int]:
+    """Count the entries per authenticated viewer id; anonymous viewers have no viewer limit."""
+    counts: dict[str, int] = {}
+    for token_request in token_requests:
+        viewer = own_viewer
+        if token_request is not None and token_request.viewer is not None:
+            viewer = token_request.viewer
+        if viewer.authenticated and viewer.id:
+            counts[viewer.id] = counts.get(viewer.id, 0) + 1
+    return counts

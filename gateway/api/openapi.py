@@ -7,7 +7,16 @@ from typing import Any
 
 from gateway import __version__
 from gateway.api.schemas import MAX_BATCH_ITEMS, MAX_TTL_SECONDS
-from gateway.tokens.mux import AUDIENCES, CLAIM_SPECS, FIT_MODES, RESOLUTIONS
+from gateway.tokens.mux import (
+    AUDIENCES,
+    BCP47_PATTERN,
+    CLAIM_SPECS,
+    FIT_MODES,
+    GIF_MAX_PIXELS,
+    MAX_EPOCH,
+    MAX_IMAGE_PIXELS,
+    RESOLUTIONS,
+)
 
 _PROBLEM_RESPONSES = {
     "400": "Invalid input; `errors` lists each field and how to fix it",
@@ -26,22 +35,24 @@ _CLAIM_SCHEMAS: dict[str, dict[str, Any]] = {
     "fit_mode": {"enum": list(FIT_MODES)},
     "rotate": {"enum": [90, 180, 270]},
     "format": {"enum": ["jpg", "png", "webp"]},
-    "default_subtitles_lang": {"type": "string"},
+    "default_subtitles_lang": {"type": "string", "pattern": BCP47_PATTERN.pattern},
     "playback_restriction_id": {"type": "string", "minLength": 1, "maxLength": 255},
     "fps": {"type": "integer", "minimum": 1, "maximum": 30},
-    "width": {"type": "integer", "minimum": 1},
-    "height": {"type": "integer", "minimum": 1},
-    "program_start_time": {"type": "integer", "minimum": 0},
-    "program_end_time": {"type": "integer", "minimum": 0},
-    "program_time": {"type": "integer", "minimum": 0},
+    "width": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_PIXELS},
+    "height": {"type": "integer", "minimum": 1, "maximum": MAX_IMAGE_PIXELS},
+    "program_start_time": {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
+    "program_end_time": {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
+    "program_time": {"type": "integer", "minimum": 0, "maximum": MAX_EPOCH},
 }
 _BOOLEAN_CLAIMS = {"redundant_streams", "roku_trick_play", "exclude_pdt", "flip_v", "flip_h", "latest"}
 
 
-def _claim_schema(name: str) -> dict[str, Any]:
+def _claim_schema(audience: str, name: str) -> dict[str, Any]:
     if name in _BOOLEAN_CLAIMS:
-        return {"type": "boolean"}
+        return {"type": "boolean", "description": CLAIM_SPECS[name].description}
     schema = _CLAIM_SCHEMAS.get(name, {"type": "number", "minimum": 0})
+    if audience == "gif" and name in {"width", "height"}:
+        schema = {**schema, "maximum": GIF_MAX_PIXELS}
     return {**schema, "description": CLAIM_SPECS[name].description}
 
 
@@ -50,8 +61,11 @@ def _modifier_schema(audience: str) -> dict[str, Any]:
     return {
         "type": "object",
         "additionalProperties": False,
-        "properties": {name: _claim_schema(name) for name in names},
-        "description": f"Modifier claims for the {audience} token, flat in the JWT.",
+        "properties": {name: _claim_schema(audience, name) for name in names},
+        "description": (
+            f"Modifier claims for the {audience} token, flat in the JWT. Rules across claims (min below "
+            "max resolution, start before end, a gif of 0.25 to 10 seconds) are checked too."
+        ),
     }
 
 

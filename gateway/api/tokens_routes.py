@@ -30,21 +30,29 @@ logger = logging.getLogger(__name__)
 def mint_tokens() -> tuple[dict[str, Any], int]:
     body = _authorized_body()
     token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer())
-    enforce_rate_limits(cost=1)
+    enforce_rate_limits([token_request])
     return _issue(token_request).as_dict(), 200
 
 
 @tokens_blueprint.post("/v1/tokens/batch")
 def mint_batch() -> tuple[dict[str, Any], int]:
     items = parse_batch(_authorized_body())
-    enforce_rate_limits(cost=len(items))
 
+    # Every item is parsed before the rate limits run, so each asserted viewer is charged for
+    # its own items. An item that fails to parse still counts, as None.
     may_assert = _may_assert_viewer()
+    parsed: list[TokenRequest | Problem] = [
+        _parse_batch_item(item, may_assert, index) for index, item in enumerate(items)
+    ]
+    enforce_rate_limits([entry if isinstance(entry, TokenRequest) else None for entry in parsed])
+
     results: list[dict[str, Any]] = []
-    for index, item in enumerate(items):
+    for entry in parsed:
+        if isinstance(entry, Problem):
+            results.append({"error": entry.as_dict()})
+            continue
         try:
-            token_request = parse_token_request(item, may_assert_viewer=may_assert, path=f"items[{index}]")
-            results.append(_issue(token_request).as_dict())
+            results.append(_issue(entry).as_dict())
         except Problem as problem:
             if problem.status == 503:
                 # No signing key fails every item the same way, so the whole batch fails.
@@ -53,11 +61,18 @@ def mint_batch() -> tuple[dict[str, Any], int]:
     return {"items": results}, 200
 
 
+def _parse_batch_item(item: Any, may_assert_viewer: bool, index: int) -> TokenRequest | Problem:
+    try:
+        return parse_token_request(item, may_assert_viewer=may_assert_viewer, path=f"items[{index}]")
+    except Problem as problem:
+        return problem
+
+
 @tokens_blueprint.post("/v1/decisions/explain")
 def explain_decision() -> tuple[dict[str, Any], int]:
     body = _authorized_body()
     token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer())
-    enforce_rate_limits(cost=1)
+    enforce_rate_limits([token_request])
 
     try:
         plan = services().tokens.plan(token_request, current_caller(), _request_context())

@@ -40,14 +40,14 @@ FIT_MODES: tuple[str, ...] = ("preserve", "stretch", "crop", "smartcrop", "pad")
 PLAYBACK_ID_PATTERN = re.compile(r"^[A-Za-z0-9]{1,128}$")
 
 # BCP-47 language tag, loosely: a 2-3 letter language with optional subtags.
-_BCP47_PATTERN = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
+BCP47_PATTERN = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 
 # Upper bound for epoch-second claims: the year 9999, far past any real program time.
-_MAX_EPOCH = 253_402_300_799
+MAX_EPOCH = 253_402_300_799
 
 # Mux documents no maximum for thumbnail dimensions. This bound only stops absurd values.
 # NOTE: 10,000 px is an estimate of a sane ceiling, not a documented Mux limit.
-_MAX_THUMBNAIL_PIXELS = 10_000
+MAX_IMAGE_PIXELS = 10_000
 
 
 class ClaimValueError(ValueError):
@@ -98,6 +98,9 @@ def _number(minimum: float, maximum: float | None = None) -> Callable[[Any], flo
 
 def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
     def check(value: Any) -> int:
+        # JSON has one number type, so 640.0 is the integer 640, as JSON Schema also counts it.
+        if isinstance(value, float) and value.is_integer():
+            value = int(value)
         if isinstance(value, bool) or not isinstance(value, int):
             raise ClaimValueError("must be an integer")
         if value < minimum or value > maximum:
@@ -108,7 +111,7 @@ def _integer(minimum: int, maximum: int) -> Callable[[Any], int]:
 
 
 def _language_tag(value: Any) -> str:
-    if not isinstance(value, str) or not _BCP47_PATTERN.match(value):
+    if not isinstance(value, str) or not BCP47_PATTERN.match(value):
         raise ClaimValueError("must be a BCP-47 language tag such as en or pt-BR")
     return value
 
@@ -137,16 +140,16 @@ _SPECS: tuple[ClaimSpec, ...] = (
     ClaimSpec("default_subtitles_lang", _VIDEO, _language_tag, "default subtitle language"),
     ClaimSpec("asset_start_time", _CLIP, _number(0), "clip start, seconds from asset start"),
     ClaimSpec("asset_end_time", _CLIP, _number(0), "clip end, seconds from asset start"),
-    ClaimSpec("program_start_time", _CLIP, _integer(0, _MAX_EPOCH), "live clip start, epoch s"),
-    ClaimSpec("program_end_time", _CLIP, _integer(0, _MAX_EPOCH), "live clip end, epoch s"),
+    ClaimSpec("program_start_time", _CLIP, _integer(0, MAX_EPOCH), "live clip start, epoch s"),
+    ClaimSpec("program_end_time", _CLIP, _integer(0, MAX_EPOCH), "live clip end, epoch s"),
     ClaimSpec("time", _THUMBNAIL, _number(0), "thumbnail time, seconds"),
-    ClaimSpec("width", _THUMBNAIL | _GIF, _integer(1, _MAX_THUMBNAIL_PIXELS), "width, px"),
-    ClaimSpec("height", _THUMBNAIL | _GIF, _integer(1, _MAX_THUMBNAIL_PIXELS), "height, px"),
+    ClaimSpec("width", _THUMBNAIL | _GIF, _integer(1, MAX_IMAGE_PIXELS), "width, px"),
+    ClaimSpec("height", _THUMBNAIL | _GIF, _integer(1, MAX_IMAGE_PIXELS), "height, px"),
     ClaimSpec("rotate", _THUMBNAIL, _one_of((90, 180, 270)), "clockwise rotation, degrees"),
     ClaimSpec("fit_mode", _THUMBNAIL, _one_of(FIT_MODES), "how the image fits width x height"),
     ClaimSpec("flip_v", _THUMBNAIL, _boolean, "flip vertically"),
     ClaimSpec("flip_h", _THUMBNAIL, _boolean, "flip horizontally"),
-    ClaimSpec("program_time", _THUMBNAIL, _integer(0, _MAX_EPOCH), "live thumbnail time, epoch s"),
+    ClaimSpec("program_time", _THUMBNAIL, _integer(0, MAX_EPOCH), "live thumbnail time, epoch s"),
     ClaimSpec("latest", _THUMBNAIL, _boolean, "latest frame of a live stream"),
     ClaimSpec("start", _GIF, _number(0), "animation start, seconds"),
     ClaimSpec("end", _GIF, _number(0), "animation end, seconds"),
@@ -157,7 +160,7 @@ _SPECS: tuple[ClaimSpec, ...] = (
 CLAIM_SPECS: dict[str, ClaimSpec] = {spec.name: spec for spec in _SPECS}
 
 # Mux caps animated images at 640 px a side, tighter than the shared width/height check.
-_GIF_MAX_PIXELS = 640
+GIF_MAX_PIXELS = 640
 _GIF_MIN_SECONDS = 0.25
 _GIF_MAX_SECONDS = 10.0
 _GIF_DEFAULT_SECONDS = 5.0
@@ -182,8 +185,8 @@ def check_claim(audience: str, name: str, value: Any) -> Any:
         raise ClaimValueError(f"is not a Mux claim for {audience} tokens; allowed: {allowed}")
 
     value = spec.check(value)
-    if audience == "gif" and name in {"width", "height"} and value > _GIF_MAX_PIXELS:
-        raise ClaimValueError(f"must be at most {_GIF_MAX_PIXELS} for gif tokens")
+    if audience == "gif" and name in {"width", "height"} and value > GIF_MAX_PIXELS:
+        raise ClaimValueError(f"must be at most {GIF_MAX_PIXELS} for gif tokens")
     return value
 
 

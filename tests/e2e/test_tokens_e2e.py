@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from typing import Any
@@ -53,7 +54,9 @@ def assert_token(token: str, mux_key: SigningKey, playback_id: str, audience: st
 
     exp = claims.pop("exp")
     assert isinstance(exp, int)
-    assert abs(exp - (int(time.time()) + ttl)) <= 5
+    # A cached token may be served while at least half of its lifetime remains.
+    now = int(time.time())
+    assert now + ttl // 2 - 5 <= exp <= now + ttl + 5
     assert claims == {"sub": playback_id, "aud": AUD_CODES[audience], "kid": MUX_KID, **modifiers}
     return exp
 
@@ -349,11 +352,12 @@ def test_redis_restart_mid_run_fails_no_mint(
     statuses: list[int] = []
     stop = threading.Event()
 
+    lifetimes = itertools.count(100)
+
     def mint_continuously() -> None:
-        counter = 0
         while not stop.is_set():
-            counter += 1
-            body = {"playback_id": FREE_ID, "audiences": ["video"], "ttl": 100 + counter % 50}
+            # A new lifetime per request misses every worker's memory layer, so Redis is asked.
+            body = {"playback_id": FREE_ID, "audiences": ["video"], "ttl": next(lifetimes)}
             response = post(gateway, body)
             statuses.append(response.status_code)
             if response.status_code == 200:

@@ -55,10 +55,13 @@ class GatewayProcess:
             if self.process is not None and self.process.poll() is not None:
                 raise RuntimeError(f"gateway exited with {self.process.returncode}:\n{self.logs()[-3000:]}")
             try:
-                if requests.get(f"{self.url}/healthz", timeout=0.5).status_code == 200:
-                    return
+                healthy = requests.get(f"{self.url}/healthz", timeout=0.5).status_code == 200
             except requests.RequestException:
-                pass
+                healthy = False
+            # Wait for every worker: one still booting when SIGTERM arrives misses it, and stopping
+            # would then wait out gunicorn's whole graceful timeout.
+            if healthy and self.logs().count('"event":"worker.started"') >= self.workers:
+                return
             time.sleep(0.1)
         raise RuntimeError(f"gateway did not start within {timeout} s:\n{self.logs()[-3000:]}")
 
