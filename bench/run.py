@@ -40,6 +40,7 @@ class Result:
     p99_ms: float
     non_2xx: int
     worker_rss_mib: float
+    cpu_us_per_request: float
 
 
 def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 30.0) -> None:
@@ -55,21 +56,46 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 3
     raise RuntimeError(f"{url} did not answer within {timeout} s")
 
 
-def _children_rss_mib(pid: int) -> float:
-    """Sum the resident memory of a gunicorn master's workers, from /proc."""
-    total_kib = 0
+def _children(pid: int) -> list[Path]:
+    """Return the /proc folders of a gunicorn master's workers."""
+    found = []
     for status in Path("/proc").glob("[0-9]*/status"):
         try:
             text = status.read_text()
         except OSError:
             continue
         if re.search(rf"^PPid:\s+{pid}$", text, re.MULTILINE):
-            match = re.search(r"^VmRSS:\s+(\d+) kB", text, re.MULTILINE)
-            total_kib += int(match.group(1)) if match else 0
+            found.append(status.parent)
+    return found
+
+
+def _cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time of a master and its workers, in seconds.
+
+    CPU time per request does not depend on what else the machine runs, unlike requests per
+    second, so it is the steadier figure on a shared or noisy machine.
+    """
+    ticks = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for folder in [Path(f"/proc/{pid}"), *_children(pid)]:
+        try:
+            fields = (folder / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])
+    return total / ticks
+
+
+def _children_rss_mib(pid: int) -> float:
+    """Sum the resident memory of a gunicorn master's workers, from /proc."""
+    total_kib = 0
+    for folder in _children(pid):
+        match = re.search(r"^VmRSS:\s+(\d+) kB", (folder / "status").read_text(), re.MULTILINE)
+        total_kib += int(match.group(1)) if match else 0
     return round(total_kib / 1024, 1)
 
 
-def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float, float, float, int]:
+def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float, float, float, int, int]:
     output = subprocess.run(
         ["wrk", "-t2", f"-c{connections}", f"-d{duration}s", "--latency", "-s", str(script), url],
         check=True, capture_output=True, text=True,
@@ -77,7 +103,8 @@ def _wrk(url: str, script: Path, duration: int, connections: int) -> tuple[float
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", output).group(1))  # type: ignore[union-attr]
     non_2xx_match = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
     non_2xx = int(non_2xx_match.group(1)) if non_2xx_match else 0
-    return rps, _percentile(output, "50%"), _percentile(output, "99%"), non_2xx
+    total = int(re.search(r"(\d+) requests in", output).group(1))  # type: ignore[union-attr]
+    return rps, _percentile(output, "50%"), _percentile(output, "99%"), non_2xx, total
 
 
 def _percentile(output: str, label: str) -> float:
@@ -148,6 +175,8 @@ def main() -> int:
     cases = [
         ("bare RS256 endpoint", bare_command, {**base_env, "BENCH_KEY_FILE": str(key_file)}, "/sign", "random_id.lua"),
         ("gateway miss, in-process cache", gateway_command, gateway_env, "/v1/tokens", "random_id.lua"),
+        ("gateway miss, in-process cache, no access log", gateway_command,
+         {**gateway_env, "GATEWAY_ACCESS_LOG": "off"}, "/v1/tokens", "random_id.lua"),
         ("gateway hit, in-process cache", gateway_command, gateway_env, "/v1/tokens", "same_id.lua"),
         ("gateway miss, Redis cache", gateway_command, {**gateway_env, "GATEWAY_REDIS_URL": redis.url},
          "/v1/tokens", "random_id.lua"),
@@ -162,11 +191,13 @@ def main() -> int:
             for _ in range(args.rounds):
                 with Server(command, env, "/healthz" if path != "/sign" else "/") as server:
                     url = f"http://127.0.0.1:{server.port}{path}"
-                    _wrk(url, BENCH / script, 2, args.connections)  # warm-up: imports, caches, JIT-free paths
-                    rps, p50, p99, non_2xx = _wrk(url, BENCH / script, args.duration, args.connections)
+                    _wrk(url, BENCH / script, 2, args.connections)  # warm-up: first requests, cache fill
                     assert server.process is not None
+                    cpu_before = _cpu_seconds(server.process.pid)
+                    rps, p50, p99, non_2xx, total = _wrk(url, BENCH / script, args.duration, args.connections)
+                    cpu_us = round((_cpu_seconds(server.process.pid) - cpu_before) / total * 1e6, 1)
                     rss = _children_rss_mib(server.process.pid)
-                candidate = Result(name, round(rps, 1), p50, p99, non_2xx, rss)
+                candidate = Result(name, round(rps, 1), p50, p99, non_2xx, rss, cpu_us)
                 if best is None or candidate.requests_per_second > best.requests_per_second:
                     best = candidate
             assert best is not None
@@ -184,12 +215,15 @@ def _report(results: list[Result], args: argparse.Namespace) -> None:
     baseline = results[0].requests_per_second
     print(f"\nwrk -t2 -c{args.connections} -d{args.duration}s, gunicorn {args.workers} workers x "
           f"{args.threads} threads, best of {args.rounds}, {os.cpu_count()} CPUs\n")
-    print("| case | req/s | ratio to bare | p50 ms | p99 ms | non-2xx | worker RSS MiB |")
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+    base_cpu = results[0].cpu_us_per_request
+    print("| case | req/s | ratio to bare | server CPU µs/req | CPU ratio (bare / case) | p50 ms | p99 ms "
+          "| non-2xx | worker RSS MiB |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for result in results:
         ratio = result.requests_per_second / baseline if baseline else float("nan")
-        print(f"| {result.name} | {result.requests_per_second:.0f} | {ratio:.2f} | {result.p50_ms} | "
-              f"{result.p99_ms} | {result.non_2xx} | {result.worker_rss_mib} |")
+        cpu_ratio = base_cpu / result.cpu_us_per_request if result.cpu_us_per_request else float("nan")
+        print(f"| {result.name} | {result.requests_per_second:.0f} | {ratio:.2f} | {result.cpu_us_per_request} | "
+              f"{cpu_ratio:.2f} | {result.p50_ms} | {result.p99_ms} | {result.non_2xx} | {result.worker_rss_mib} |")
 
     out_dir = BENCH / "results"
     out_dir.mkdir(exist_ok=True)

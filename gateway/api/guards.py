@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import logging
+import random
 import re
-import secrets
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,7 +29,8 @@ _MAX_API_KEY_BYTES = 256
 def assign_request_id() -> None:
     """Accept a well-formed X-Request-Id from the caller, else generate one."""
     supplied = request.headers.get("X-Request-Id", "")
-    request_id = supplied if _REQUEST_ID.match(supplied) else secrets.token_hex(16)
+    # A request id only correlates log lines, so it needs uniqueness, not a cryptographic source.
+    request_id = supplied if _REQUEST_ID.match(supplied) else f"{random.getrandbits(128):032x}"
     g.request_id = request_id
     g.request_id_token = request_id_var.set(request_id)
 

@@ -131,7 +131,10 @@ class Policy:
         With `record_errors` false (the shadow policy), failing conditions are logged but not
         counted in the evaluation error metric, which stays about the live policy.
         """
-        context = cel.Context(self.condition_variables(request))
+        # Converting the variables to CEL values costs more than most conditions, so it is
+        # skipped when no rule has a condition to evaluate.
+        needs_context = any(rule.condition.program is not None for rule in self.rules)
+        context = cel.Context(self.condition_variables(request)) if needs_context else cel.Context({})
 
         matched: list[Rule] = []
         misses: list[RuleMiss] = []
