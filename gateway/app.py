@@ -143,6 +143,8 @@ def _register_blueprints(app: Flask) -> None:
 
 
 _OPEN_PATHS = frozenset({"/healthz", "/readyz", "/metrics", "/openapi.json"})
+# Metric labels must stay bounded, and a client can send any method name.
+_KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 def _register_hooks(app: Flask) -> None:
@@ -160,11 +162,16 @@ def _register_hooks(app: Flask) -> None:
         request_id = g.get("request_id")
         if request_id:
             response.headers["X-Request-Id"] = request_id
+        if request.method == "OPTIONS" and response.status_code == 200 and not response.get_data():
+            # Flask answers OPTIONS itself with an empty 200 text/html page; 204 with Allow is the norm.
+            response.status_code = 204
+            response.headers.pop("Content-Type", None)
         response.headers.setdefault("Cache-Control", "no-store")
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
 
         route = request.url_rule.rule if request.url_rule is not None else "unmatched"
-        labelled(REQUESTS, route, request.method, str(response.status_code)).inc()
+        method = request.method if request.method in _KNOWN_METHODS else "other"
+        labelled(REQUESTS, route, method, str(response.status_code)).inc()
         if "started" in g:
             labelled(REQUEST_SECONDS, route).observe(time.perf_counter() - g.started)
         return response

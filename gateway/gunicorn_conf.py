@@ -119,11 +119,45 @@ def on_starting(server: Any) -> None:
     server.log.info("metrics directory ready", extra={"event": "gunicorn.metrics_dir", "path": directory})
 
 
+_GUNICORN_ERROR_DETAILS = {
+    400: "The HTTP request is malformed.",
+    414: f"The request line is longer than {limit_request_line} bytes.",
+    431: (f"The request headers are too large: send at most {limit_request_fields} headers of at most "
+          f"{limit_request_field_size} bytes each."),
+}
+
+
+def write_problem_error(sock: Any, status: int, reason: str, message: str) -> None:
+    """Write an error that gunicorn detects itself (bad request line, huge headers) as problem+json.
+
+    gunicorn writes these before the app runs, as an HTML page.
+    """
+    from gunicorn.util import write_nonblock
+
+    detail = _GUNICORN_ERROR_DETAILS.get(status, "The HTTP request could not be processed.")
+    body = json.dumps({
+        "type": f"https://playback-gateway.dev/problems/http-{status}",
+        "title": reason,
+        "status": status,
+        "detail": detail,
+    }).encode()
+    head = (
+        f"HTTP/1.1 {status} {reason}\r\nConnection: close\r\nContent-Type: application/problem+json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode("latin-1")
+    write_nonblock(sock, head + body)
+
+
 def post_worker_init(worker: Any) -> None:
     """Publish this worker's gauges: a forked process starts with none of the master's samples."""
+    import gunicorn.util
+
     from gateway.app import publish_state_metrics
     from gateway.observability.logging import log_event
 
+    # NOTE: gunicorn offers no hook for the errors it writes itself, so its writer is replaced;
+    # the signature is gunicorn.util.write_error(sock, status_int, reason, mesg) as of gunicorn 27.
+    gunicorn.util.write_error = write_problem_error
     publish_state_metrics(worker.wsgi.extensions["gateway"])
     log_event(logging.getLogger("gateway"), "worker.started")
 

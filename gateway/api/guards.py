@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import random
 import re
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,15 +16,21 @@ from gateway.api.problems import Problem
 from gateway.api.schemas import parse_json_body
 from gateway.auth.principal import ANONYMOUS, Caller, Viewer
 from gateway.observability.logging import hash_identifier, log_event, request_id_var
+from gateway.observability.metrics import COUNTRY_HEADER_INVALID
 from gateway.tokens.service import TokenRequest
 
 logger = logging.getLogger(__name__)
 
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-_BEARER = re.compile(r"^Bearer +([A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*)$")
+# The auth scheme is case-insensitive (RFC 9110, section 11.1); the token itself is not.
+_BEARER = re.compile(r"^(?i:bearer) +([A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]+\.[A-Za-z0-9_=-]*)$")
 # JWTs from identity providers stay well below this. A longer header is junk or an attack.
 _MAX_AUTHORIZATION_BYTES = 8192
 _MAX_API_KEY_BYTES = 256
+_COUNTRY = re.compile(r"^[A-Z]{2}$")
+# A JSON token request is a few hundred bytes; ten seconds is ample on the slowest mobile link.
+BODY_READ_SECONDS = 10
+_READ_CHUNK_BYTES = 65_536
 
 
 def assign_request_id() -> None:
@@ -108,15 +115,58 @@ def read_json_body() -> Any:
     limit = services().settings.max_body_bytes
     if request.content_length is not None and request.content_length > limit:
         raise _too_large(limit)
-    raw = request.stream.read(limit + 1)
+    raw = _read_body(limit + 1)
     if len(raw) > limit:
         raise _too_large(limit)
     return parse_json_body(raw)
 
 
+def _read_body(max_bytes: int) -> bytes:
+    """Read the body within BODY_READ_SECONDS, so a client that stalls cannot hold a thread."""
+    sock = request.environ.get("gunicorn.socket")
+    if sock is None:
+        return request.stream.read(max_bytes)
+
+    deadline = time.monotonic() + BODY_READ_SECONDS
+    chunks: list[bytes] = []
+    size = 0
+    try:
+        while size < max_bytes:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise TimeoutError
+            sock.settimeout(remaining)
+            chunk = request.stream.read(min(_READ_CHUNK_BYTES, max_bytes - size))
+            if not chunk:
+                break
+            chunks.append(chunk)
+            size += len(chunk)
+    except (TimeoutError, OSError):
+        log_event(logger, "request.body_timeout", logging.WARNING, received_bytes=size)
+        raise Problem(408, "body-timeout", f"The body did not arrive within {BODY_READ_SECONDS} seconds.",
+                      headers={"Connection": "close"}) from None
+    finally:
+        sock.settimeout(None)
+    return b"".join(chunks)
+
+
 def _too_large(limit: int) -> Problem:
     return Problem(413, "body-too-large",
-                   f"The body is larger than {limit} bytes: send fewer items or split the request.")
+                   f"The body is larger than {limit} bytes: send a smaller body, or fewer batch items.")
+
+
+def request_country(header: str | None) -> str:
+    """Return the viewer's country from the trusted header: an ISO 3166-1 alpha-2 code, or ""."""
+    if header is None:
+        return ""
+    value = header.strip().upper()
+    if _COUNTRY.match(value):
+        return value
+    # A list ("DE, US") or a three-letter code means the CDN appends or sends another format, and
+    # guessing could open a regional block, so the country counts as unknown.
+    COUNTRY_HEADER_INVALID.inc()
+    log_event(logger, "request.invalid_country_header", logging.WARNING, length=len(header))
+    return ""
 
 
 def enforce_rate_limits(token_requests: Sequence[TokenRequest | None]) -> None:

@@ -6,7 +6,7 @@ from functools import cache
 from typing import Any
 
 from gateway import __version__
-from gateway.api.schemas import MAX_BATCH_ITEMS, MAX_TTL_SECONDS
+from gateway.api.schemas import MAX_BATCH_ITEMS
 from gateway.tokens.mux import (
     AUDIENCES,
     BCP47_PATTERN,
@@ -77,7 +77,7 @@ def _token_request_schema() -> dict[str, Any]:
             "items": {"enum": list(AUDIENCES)},
             "description": "Default: what the policy grants among video, thumbnail and storyboard.",
         },
-        "ttl": {"type": "integer", "minimum": 1, "maximum": MAX_TTL_SECONDS,
+        "ttl": {"type": "integer", "minimum": 1,
                 "description": "Requested lifetime in seconds; capped to the grant."},
         "viewer": {"$ref": "#/components/schemas/AssertedViewer"},
     }

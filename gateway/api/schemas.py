@@ -13,8 +13,6 @@ from gateway.tokens.service import TokenRequest
 
 MAX_BATCH_ITEMS = 100
 MAX_JSON_DEPTH = 8
-# One year: far above any grant, and it keeps absurd integers out of arithmetic.
-MAX_TTL_SECONDS = 31_536_000
 _MAX_ENTITLEMENTS = 256
 _MAX_STRING = 256
 
@@ -32,13 +30,37 @@ def parse_json_body(raw: bytes) -> Any:
         raise Problem(400, "invalid-json", "The body is empty: send a JSON object.")
 
     try:
-        document = json.loads(text, parse_constant=_reject_constant)
-    except (ValueError, RecursionError) as error:
-        position = f" at line {error.lineno}, column {error.colno}" if isinstance(error, json.JSONDecodeError) else ""
-        raise Problem(400, "invalid-json", f"The body is not valid JSON{position}.") from None
+        document = json.loads(text, parse_constant=_reject_constant, object_pairs_hook=_unique_keys)
+    except DuplicateKeyError as error:
+        raise invalid_request([FieldError(error.key, "appears more than once in one object: send it once")]) from None
+    except RecursionError:
+        raise Problem(400, "json-too-deep", f"The body nests deeper than {MAX_JSON_DEPTH} levels.") from None
+    except json.JSONDecodeError as error:
+        raise Problem(400, "invalid-json",
+                      f"The body is not valid JSON at line {error.lineno}, column {error.colno}.") from None
+    except ValueError:
+        # Python refuses integers of more than 4300 digits, and NaN or Infinity are not JSON.
+        raise Problem(400, "invalid-json", "The body holds a number that is not valid JSON or is too large.") from None
 
     if _depth(document) > MAX_JSON_DEPTH:
         raise Problem(400, "json-too-deep", f"The body nests deeper than {MAX_JSON_DEPTH} levels.")
+    return document
+
+
+class DuplicateKeyError(ValueError):
+    """A JSON object with the same key twice: proxies and the gateway could read different values."""
+
+    def __init__(self, key: str) -> None:
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in document:
+            raise DuplicateKeyError(key)
+        document[key] = value
     return document
 
 
@@ -56,10 +78,13 @@ def _depth(value: Any, level: int = 1) -> int:
     return level
 
 
-def parse_token_request(body: Any, *, may_assert_viewer: bool, path: str = "") -> TokenRequest:
+def parse_token_request(
+    body: Any, *, may_assert_viewer: bool, has_viewer_jwt: bool = False, path: str = ""
+) -> TokenRequest:
     """Return a TokenRequest, or raise a 400 Problem listing every invalid field.
 
-    A `viewer` object from a caller without scope viewer:assert is a 403, not a 400.
+    A `viewer` object from a caller without scope viewer:assert is a 403, not a 400. A `viewer`
+    object beside a verified viewer JWT is a 400: silently preferring one would hide a client bug.
     """
     errors = token_request_errors(body, path)
     if errors:
@@ -70,6 +95,12 @@ def parse_token_request(body: Any, *, may_assert_viewer: bool, path: str = "") -
             "Only service clients with scope viewer:assert may send a viewer object: remove it, "
             "or send the viewer's JWT in the Authorization header.",
         )
+    if "viewer" in body and has_viewer_jwt:
+        prefix = f"{path}." if path else ""
+        raise invalid_request([FieldError(
+            f"{prefix}viewer",
+            "cannot be combined with a viewer JWT in the Authorization header: send one of them",
+        )])
     return _build_request(body, path)
 
 
@@ -118,10 +149,11 @@ def _audience_errors(audiences: Any, field: str) -> list[FieldError]:
 def _ttl_errors(ttl: Any, field: str, present: bool) -> list[FieldError]:
     if not present:
         return []
+    # A ttl above the grant is capped to the grant, so only the type and sign are checked here.
     if isinstance(ttl, bool) or not isinstance(ttl, int):
         return [FieldError(field, "must be a positive integer number of seconds")]
-    if ttl < 1 or ttl > MAX_TTL_SECONDS:
-        return [FieldError(field, f"must be between 1 and {MAX_TTL_SECONDS} seconds")]
+    if ttl < 1:
+        return [FieldError(field, "must be at least 1 second")]
     return []
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from flask import Blueprint, request
 
 from gateway.api.context import current_caller, require_client_scope, services
-from gateway.api.guards import enforce_rate_limits, read_json_body
+from gateway.api.guards import enforce_rate_limits, read_json_body, request_country
 from gateway.api.problems import Problem, invalid_request
 from gateway.api.schemas import parse_batch, parse_token_request
 from gateway.keys.provider import NoSigningKeyError
@@ -29,7 +29,7 @@ logger = logging.getLogger(__name__)
 @tokens_blueprint.post("/v1/tokens")
 def mint_tokens() -> tuple[dict[str, Any], int]:
     body = _authorized_body()
-    token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer())
+    token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer(), has_viewer_jwt=_has_viewer_jwt())
     enforce_rate_limits([token_request])
     return _issue(token_request).as_dict(), 200
 
@@ -63,7 +63,8 @@ def mint_batch() -> tuple[dict[str, Any], int]:
 
 def _parse_batch_item(item: Any, may_assert_viewer: bool, index: int) -> TokenRequest | Problem:
     try:
-        return parse_token_request(item, may_assert_viewer=may_assert_viewer, path=f"items[{index}]")
+        return parse_token_request(item, may_assert_viewer=may_assert_viewer, has_viewer_jwt=_has_viewer_jwt(),
+                                   path=f"items[{index}]")
     except Problem as problem:
         return problem
 
@@ -71,7 +72,7 @@ def _parse_batch_item(item: Any, may_assert_viewer: bool, index: int) -> TokenRe
 @tokens_blueprint.post("/v1/decisions/explain")
 def explain_decision() -> tuple[dict[str, Any], int]:
     body = _authorized_body()
-    token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer())
+    token_request = parse_token_request(body, may_assert_viewer=_may_assert_viewer(), has_viewer_jwt=_has_viewer_jwt())
     enforce_rate_limits([token_request])
 
     try:
@@ -90,15 +91,17 @@ def _authorized_body() -> Any:
     return read_json_body()
 
 
+def _has_viewer_jwt() -> bool:
+    return current_caller().viewer.authenticated
+
+
 def _may_assert_viewer() -> bool:
     return current_caller().has_scope("viewer:assert")
 
 
 def _request_context() -> RequestContext:
     settings = services().settings
-    country = ""
-    if settings.country_header:
-        country = (request.headers.get(settings.country_header) or "").strip().upper()[:8]
+    country = request_country(request.headers.get(settings.country_header)) if settings.country_header else ""
     return RequestContext(country=country, origin=request.headers.get("Origin"))
 
 

@@ -86,6 +86,9 @@ RATE_LIMITED = Counter(
 RATE_LIMIT_ERRORS = Counter(
     f"{PREFIX}_rate_limit_fail_open", "Requests let through because Redis could not be asked",
 )
+COUNTRY_HEADER_INVALID = Counter(
+    f"{PREFIX}_invalid_country_headers", "Country headers that were not one ISO 3166-1 alpha-2 code",
+)
 MUX_API_REQUESTS = Counter(
     f"{PREFIX}_mux_api_requests", "System API calls by operation and HTTP status",
     ["operation", "status"],

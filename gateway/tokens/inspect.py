@@ -75,7 +75,9 @@ def _signature_problems(token: str, header: dict[str, Any], claims: dict[str, An
     kid = header.get("kid") or claims.get("kid")
     if header.get("kid") and claims.get("kid") and header["kid"] != claims["kid"]:
         return ["kid in the header and kid in the claims differ"]
-    key = keys.get(str(kid)) if kid else None
+    if not kid:
+        return ["the token has no kid, so its signing key cannot be found"]
+    key = keys.get(str(kid))
     if key is None:
         return [f"signing key {kid!r} is not held by this gateway (unknown, revoked or retired)"]
 

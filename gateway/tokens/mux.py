@@ -45,6 +45,10 @@ BCP47_PATTERN = re.compile(r"^[A-Za-z]{2,3}(-[A-Za-z0-9]{1,8})*$")
 # Upper bound for epoch-second claims: the year 9999, far past any real program time.
 MAX_EPOCH = 253_402_300_799
 
+# Mux documents no maximum for media times. A year of seconds stops absurd values such as 1e308.
+# NOTE: this bound is a sanity limit chosen here, not a documented Mux limit.
+MAX_MEDIA_SECONDS = 31_536_000
+
 # Mux documents no maximum for thumbnail dimensions. This bound only stops absurd values.
 # NOTE: 10,000 px is an estimate of a sane ceiling, not a documented Mux limit.
 MAX_IMAGE_PIXELS = 10_000
@@ -84,14 +88,18 @@ def _one_of(choices: tuple[Any, ...]) -> Callable[[Any], Any]:
     return check
 
 
-def _number(minimum: float, maximum: float | None = None) -> Callable[[Any], float | int]:
+def _plain(number: float) -> str:
+    return str(int(number)) if float(number).is_integer() else str(number)
+
+
+def _number(minimum: float, maximum: float) -> Callable[[Any], float | int]:
     def check(value: Any) -> float | int:
         if not _is_number(value):
             raise ClaimValueError("must be a number")
-        if value < minimum or (maximum is not None and value > maximum):
-            upper = "" if maximum is None else f" and at most {maximum:g}"
-            raise ClaimValueError(f"must be at least {minimum:g}{upper}")
-        return value
+        if value < minimum or value > maximum:
+            raise ClaimValueError(f"must be between {_plain(minimum)} and {_plain(maximum)}")
+        # -0.0 is 0, and a token should say so plainly.
+        return 0 if value == 0 else value
 
     return check
 
@@ -138,11 +146,11 @@ _SPECS: tuple[ClaimSpec, ...] = (
     ClaimSpec("roku_trick_play", _VIDEO, _boolean, "add Roku trick-play images"),
     ClaimSpec("exclude_pdt", _VIDEO, _boolean, "omit EXT-X-PROGRAM-DATE-TIME tags"),
     ClaimSpec("default_subtitles_lang", _VIDEO, _language_tag, "default subtitle language"),
-    ClaimSpec("asset_start_time", _CLIP, _number(0), "clip start, seconds from asset start"),
-    ClaimSpec("asset_end_time", _CLIP, _number(0), "clip end, seconds from asset start"),
+    ClaimSpec("asset_start_time", _CLIP, _number(0, MAX_MEDIA_SECONDS), "clip start, seconds from asset start"),
+    ClaimSpec("asset_end_time", _CLIP, _number(0, MAX_MEDIA_SECONDS), "clip end, seconds from asset start"),
     ClaimSpec("program_start_time", _CLIP, _integer(0, MAX_EPOCH), "live clip start, epoch s"),
     ClaimSpec("program_end_time", _CLIP, _integer(0, MAX_EPOCH), "live clip end, epoch s"),
-    ClaimSpec("time", _THUMBNAIL, _number(0), "thumbnail time, seconds"),
+    ClaimSpec("time", _THUMBNAIL, _number(0, MAX_MEDIA_SECONDS), "thumbnail time, seconds"),
     ClaimSpec("width", _THUMBNAIL | _GIF, _integer(1, MAX_IMAGE_PIXELS), "width, px"),
     ClaimSpec("height", _THUMBNAIL | _GIF, _integer(1, MAX_IMAGE_PIXELS), "height, px"),
     ClaimSpec("rotate", _THUMBNAIL, _one_of((90, 180, 270)), "clockwise rotation, degrees"),
@@ -151,8 +159,8 @@ _SPECS: tuple[ClaimSpec, ...] = (
     ClaimSpec("flip_h", _THUMBNAIL, _boolean, "flip horizontally"),
     ClaimSpec("program_time", _THUMBNAIL, _integer(0, MAX_EPOCH), "live thumbnail time, epoch s"),
     ClaimSpec("latest", _THUMBNAIL, _boolean, "latest frame of a live stream"),
-    ClaimSpec("start", _GIF, _number(0), "animation start, seconds"),
-    ClaimSpec("end", _GIF, _number(0), "animation end, seconds"),
+    ClaimSpec("start", _GIF, _number(0, MAX_MEDIA_SECONDS), "animation start, seconds"),
+    ClaimSpec("end", _GIF, _number(0, MAX_MEDIA_SECONDS), "animation end, seconds"),
     ClaimSpec("fps", _GIF, _integer(1, 30), "frames per second"),
     ClaimSpec("format", _STORYBOARD, _one_of(("jpg", "png", "webp")), "storyboard image format"),
 )
@@ -206,8 +214,27 @@ def check_claim_set(audience: str, claims: Mapping[str, Any]) -> list[tuple[str,
         if both_set and claims[end] <= claims[start]:
             problems.append((end, f"must be greater than {start}"))
 
+    problems.extend(_check_time_bases(claims))
     if audience == "gif":
         problems.extend(_check_gif_window(claims))
+    return problems
+
+
+# Pairs of claims that locate media in two different ways. Mux documents no precedence between
+# them, so a request could use one to escape a limit set with the other (a preview clip's end).
+_EXCLUSIVE_TIME_CLAIMS = (
+    (("asset_start_time", "asset_end_time"), ("program_start_time", "program_end_time")),
+    (("time",), ("program_time", "latest")),
+)
+
+
+def _check_time_bases(claims: Mapping[str, Any]) -> list[tuple[str, str]]:
+    problems = []
+    for first, second in _EXCLUSIVE_TIME_CLAIMS:
+        used_first = [name for name in first if name in claims]
+        used_second = [name for name in second if name in claims]
+        if used_first and used_second:
+            problems.append((used_second[0], f"cannot be combined with {used_first[0]}: use one way to set the time"))
     return problems
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import socket
 import threading
 import time
 from typing import Any
@@ -211,7 +212,12 @@ def test_bad_viewer_jwt_is_401_never_anonymous(
         ({"playback_id": FREE_ID, "audiences": []},
          [{"field": "audiences", "message": "must be a non-empty list of: video, thumbnail, storyboard, gif, "
            "drm_license"}]),
-        ({"playback_id": FREE_ID, "ttl": 0}, [{"field": "ttl", "message": "must be between 1 and 31536000 seconds"}]),
+        ({"playback_id": FREE_ID, "ttl": 0}, [{"field": "ttl", "message": "must be at least 1 second"}]),
+        ({"playback_id": FREE_ID, "video": {"asset_end_time": 10, "program_end_time": 99}},
+         [{"field": "video.program_end_time", "message": "cannot be combined with asset_end_time: use one way to "
+           "set the time"}]),
+        ({"playback_id": FREE_ID, "thumbnail": {"time": 1e308}},
+         [{"field": "thumbnail.time", "message": "must be between 0 and 31536000"}]),
         ({"playback_id": FREE_ID, "ttl": "1h"},
          [{"field": "ttl", "message": "must be a positive integer number of seconds"}]),
         ({"playback_id": FREE_ID, "thumbnail": {"fit_mode": "zoom"}},
@@ -403,3 +409,95 @@ def test_openapi_document(gateway: GatewayProcess) -> None:
                                       "/healthz", "/readyz", "/metrics"}
     thumbnail = document["components"]["schemas"]["TokenRequest"]["properties"]["thumbnail"]
     assert thumbnail["properties"]["fit_mode"]["enum"] == ["preserve", "stretch", "crop", "smartcrop", "pad"]
+
+
+def test_huge_ttl_is_capped_not_rejected(gateway: GatewayProcess, mux_key: SigningKey) -> None:
+    response = post(gateway, {"playback_id": FREE_ID, "audiences": ["video"], "ttl": 10**30})
+
+    assert response.status_code == 200
+    assert_token(response.json()["tokens"]["video"], mux_key, FREE_ID, "video", 3600, {"max_resolution": "720p"})
+
+
+def test_preview_cannot_escape_with_program_times(gateway: GatewayProcess) -> None:
+    body = {"playback_id": PREMIUM_ID, "video": {"program_start_time": 1, "program_end_time": 99999999999}}
+    response = post(gateway, body)
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "video.program_start_time", "message": "cannot be combined with asset_end_time: use one way to set "
+         "the time (after the policy's fixed claims)"},
+    ]
+
+
+def test_duplicate_json_key_is_400(gateway: GatewayProcess) -> None:
+    data = f'{{"playback_id": "{FREE_ID}", "playback_id": "{PREMIUM_ID}"}}'.encode()
+    response = requests.post(f"{gateway.url}/v1/tokens", data=data, headers={"Content-Type": "application/json"},
+                             timeout=10)
+
+    assert response.status_code == 400
+    assert response.json()["errors"] == [
+        {"field": "playback_id", "message": "appears more than once in one object: send it once"}]
+
+
+def test_lowercase_bearer_scheme_accepted(gateway: GatewayProcess, issuer: ViewerIssuer) -> None:
+    headers = {"Authorization": f"bearer {issuer.token('viewer-1', ['premium'])}"}
+    response = requests.post(f"{gateway.url}/v1/tokens", json={"playback_id": PREMIUM_ID}, headers=headers,
+                             timeout=10)
+
+    assert response.status_code == 200
+    assert response.json()["rule"] == "premium-subscribers"
+
+
+@pytest.mark.parametrize("country", ["DE, US", "DEU", "de ", "D"])
+def test_unusable_country_header_is_unknown(gateway: GatewayProcess, issuer: ViewerIssuer, country: str) -> None:
+    response = post(gateway, {"playback_id": REGIONAL_ID}, issuer.token("viewer-1", ["premium"]), country=country)
+
+    if country.strip().upper() == "DE":
+        assert response.status_code == 403
+        assert response.json()["rule"] == "regional-block"
+    else:
+        assert response.status_code == 200
+    metrics = requests.get(f"{gateway.url}/metrics", timeout=10).text
+    if country.strip().upper() != "DE":
+        assert "playback_gateway_invalid_country_headers_total" in metrics
+
+
+def test_odd_method_uses_bounded_label(gateway: GatewayProcess) -> None:
+    response = requests.request("XYZ1", f"{gateway.url}/healthz", timeout=10)
+    metrics = requests.get(f"{gateway.url}/metrics", timeout=10).text
+
+    assert response.status_code == 405
+    assert 'method="XYZ1"' not in metrics
+    assert 'method="other"' in metrics
+
+
+def test_options_without_origin_is_204(gateway: GatewayProcess) -> None:
+    response = requests.options(f"{gateway.url}/v1/tokens", timeout=10)
+
+    assert response.status_code == 204
+    assert set(response.headers["Allow"].split(", ")) == {"OPTIONS", "POST"}
+    assert response.content == b""
+
+
+def test_oversized_headers_are_problem_json(gateway: GatewayProcess) -> None:
+    big = requests.get(f"{gateway.url}/healthz", headers={"X-Big": "a" * 9000}, timeout=10)
+    many = requests.get(f"{gateway.url}/healthz", headers={f"X-H{i}": "1" for i in range(120)}, timeout=10)
+    long_line = requests.post(f"{gateway.url}/v1/keys/{'k' * 5000}/revoke", timeout=10)
+
+    for response, status in ((big, 431), (many, 431), (long_line, 414)):
+        assert response.status_code == status
+        assert response.headers["Content-Type"] == "application/problem+json"
+        problem = response.json()
+        assert problem["status"] == status
+        assert problem["type"] == f"https://playback-gateway.dev/problems/http-{status}"
+
+
+def test_stalled_body_times_out(gateway: GatewayProcess) -> None:
+    with socket.create_connection(("127.0.0.1", gateway.port), timeout=30) as sock:
+        sock.sendall(b"POST /v1/tokens HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: 100\r\n\r\n{")
+        reply = sock.recv(4096).decode()
+
+    assert reply.startswith("HTTP/1.1 408 ")
+    assert "application/problem+json" in reply
+    assert "body-timeout" in reply

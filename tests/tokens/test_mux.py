@@ -69,7 +69,8 @@ def test_check_claim_accepts_documented_values(audience: str, name: str, value: 
         ("video", "rendition_order", "asc", "must be one of: desc"),
         ("video", "redundant_streams", "true", "must be true or false"),
         ("video", "default_subtitles_lang", "english!", "must be a BCP-47 language tag such as en or pt-BR"),
-        ("video", "asset_end_time", -1, "must be at least 0"),
+        ("video", "asset_end_time", -1, "must be between 0 and 31536000"),
+        ("thumbnail", "time", 1e308, "must be between 0 and 31536000"),
         ("video", "asset_end_time", True, "must be a number"),
         ("video", "program_start_time", 1.5, "must be an integer"),
         ("thumbnail", "rotate", 45, "must be one of: 90, 180, 270"),
@@ -105,10 +106,27 @@ def test_check_claim_rejects_with_message(audience: str, name: str, value: objec
         ("gif", {"end": 10}, []),
         ("gif", {"start": 3}, []),
         ("video", {"min_resolution": "480p", "max_resolution": "720p"}, []),
+        ("video", {"asset_end_time": 30, "program_start_time": 1},
+         [("program_start_time", "cannot be combined with asset_end_time: use one way to set the time")]),
+        ("storyboard", {"asset_start_time": 0, "program_end_time": 9},
+         [("program_end_time", "cannot be combined with asset_start_time: use one way to set the time")]),
+        ("thumbnail", {"time": 3, "latest": True},
+         [("latest", "cannot be combined with time: use one way to set the time")]),
+        ("thumbnail", {"program_time": 1767225600, "width": 100}, []),
     ],
 )
 def test_check_claim_set(audience: str, claims: dict[str, object], problems: list[tuple[str, str]]) -> None:
     assert check_claim_set(audience, claims) == problems
+
+
+def test_negative_zero_becomes_zero() -> None:
+    assert check_claim("thumbnail", "time", -0.0) == 0
+    assert str(check_claim("thumbnail", "time", -0.0)) == "0"
+
+
+def test_integral_float_is_an_integer() -> None:
+    assert check_claim("gif", "width", 320.0) == 320
+    assert isinstance(check_claim("gif", "width", 320.0), int)
 
 
 @pytest.mark.parametrize(
