@@ -11,7 +11,7 @@ from flask import Flask, Response, g, json, request
 from werkzeug.exceptions import HTTPException
 
 from gateway.api.context import services
-from gateway.api.guards import assign_request_id, authenticate_caller
+from gateway.api.guards import assign_request_id, authenticate_caller, enforce_rate_limits
 from gateway.api.problems import PROBLEM_MEDIA_TYPE, Problem
 from gateway.auth.clients import ClientRegistry, ClientsFileError
 from gateway.config import ConfigError, Settings
@@ -156,6 +156,10 @@ def _register_hooks(app: Flask) -> None:
             return
         services().policies.maybe_reload()
         authenticate_caller()
+        if request.path.startswith("/v1/keys"):
+            # Admin routes count against the client and IP limits too: reconcile calls Mux's
+            # System API, whose own rate limit a looping script could otherwise use up.
+            enforce_rate_limits([None])
 
     @app.after_request
     def finish_request(response: Response) -> Response:
