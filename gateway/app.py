@@ -74,7 +74,11 @@ def build_services(settings: Settings) -> Services:
     from gateway.ratelimit import RateLimiter
 
     try:
-        policies = PolicyStore(settings.policy_path, settings.shadow_policy_path)
+        # Workers share the last valid policy through the data dir, so a worker that only ever saw
+        # a broken edit still converges on the version the others loaded.
+        policies = PolicyStore(
+            settings.policy_path, settings.shadow_policy_path, last_good_dir=settings.data_dir / "policy-last-good"
+        )
     except PolicyLoadError as error:
         raise StartupError(f"GATEWAY_POLICY_PATH: the policy is invalid:\n{error}") from None
     try:

@@ -5,10 +5,12 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
+import os
 import re
 import secrets
 import threading
 import time
+import weakref
 from pathlib import Path
 from typing import Any
 
@@ -107,14 +109,22 @@ def _parse_entry(entry: Any, where: str) -> Client:
 
 
 class ClientRegistry:
-    """The clients file, reloaded when it changes. An invalid change keeps the previous clients."""
+    """The clients file, reloaded when it changes. An invalid change keeps the previous clients.
 
-    def __init__(self, path: Path | None) -> None:
+    Requests check the file at most once a second. A daemon thread, started by the first check
+    in each process (so every forked gunicorn worker gets its own), checks it every second as
+    well, so a worker without requests does not keep clients that were removed long ago.
+    """
+
+    def __init__(self, path: Path | None, *, reload_in_background: bool = True) -> None:
         self._path = path
         self._lock = threading.Lock()
         self._signature: tuple[int, int] | None = None
         self._checked_at = 0.0
         self._clients: tuple[Client, ...] = ()
+        self._reload_in_background = reload_in_background
+        self._watcher_pid: int | None = None
+        self._watcher_start_lock = threading.Lock()
         if path is not None:
             self._clients = self._load(path)
 
@@ -138,7 +148,10 @@ class ClientRegistry:
 
     def maybe_reload(self) -> bool:
         """Reload the file if it changed; checks at most once a second. Returns True on reload."""
-        if self._path is None or time.monotonic() - self._checked_at < _RELOAD_INTERVAL_SECONDS:
+        if self._path is None:
+            return False
+        self._ensure_watcher()
+        if time.monotonic() - self._checked_at < _RELOAD_INTERVAL_SECONDS:
             return False
 
         with self._lock:
@@ -155,6 +168,23 @@ class ClientRegistry:
                 return False
             audit("clients.reload", actor="file", result="loaded", clients=len(self._clients))
             return True
+
+    def _ensure_watcher(self) -> None:
+        pid = os.getpid()
+        if self._watcher_pid == pid or not self._reload_in_background:
+            return
+        with self._watcher_start_lock:
+            if self._watcher_pid == pid:
+                return
+            # A parent's thread may have held the reload lock at the moment of the fork, and
+            # nothing in this process would ever release it, so a forked child takes a fresh lock.
+            if self._watcher_pid is not None:
+                self._lock = threading.Lock()
+            thread = threading.Thread(
+                target=_watch_clients_file, args=(weakref.ref(self),), name="clients-reload", daemon=True
+            )
+            thread.start()
+            self._watcher_pid = pid
 
     def _load(self, path: Path) -> tuple[Client, ...]:
         try:
@@ -175,3 +205,17 @@ class ClientRegistry:
         except OSError:
             return None
         return stat.st_mtime_ns, stat.st_size
+
+
+def _watch_clients_file(registry_ref: weakref.ref[ClientRegistry]) -> None:
+    """Check the clients file every second until the registry is garbage-collected."""
+    while True:
+        time.sleep(_RELOAD_INTERVAL_SECONDS)
+        registry = registry_ref()
+        if registry is None:
+            return
+        try:
+            registry.maybe_reload()
+        except Exception as error:  # noqa: BLE001 - the thread must keep running for later changes
+            log_event(logger, "clients.reload_failed", logging.ERROR, error_type=type(error).__name__)
+        del registry

@@ -46,6 +46,7 @@ class Rule:
     message: str | None = None
     file: str = ""
     line: int = 0
+    when_line: int = 0
 
     @property
     def when(self) -> str | None:
@@ -73,6 +74,7 @@ class Policy:
     `version` is the first 12 hex digits of the SHA-256 of the files' bytes, in load order.
     `catalog` maps each playback id to its attributes, with every attribute named anywhere in the
     catalog present (see `attribute_defaults`), so conditions can compare them without `has()`.
+    `sources` holds each file's name and bytes as loaded, so a reload can share exactly this version.
     """
 
     version: str
@@ -83,6 +85,7 @@ class Policy:
     catalog: Mapping[str, Mapping[str, Any]]
     attribute_defaults: Mapping[str, Any]
     warnings: tuple[PolicyProblem, ...] = ()
+    sources: tuple[tuple[str, bytes], ...] = field(default=(), repr=False)
 
     def rule(self, name: str) -> Rule | None:
         """Return the rule called `name`, or None."""

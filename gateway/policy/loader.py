@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.policy.catalog import CatalogBuilder
+from gateway.policy.dryrun import check_conditions_by_dry_run
 from gateway.policy.durations import DurationError, format_duration, parse_duration
 from gateway.policy.engine import DEFAULT_MAX_TTL_SECONDS, DEFAULT_TTL_SECONDS, Defaults, Policy, Rule
 from gateway.policy.fields import FileContext, check_keys, check_mapping, check_sequence
@@ -67,30 +68,50 @@ def load_policy(path: Path) -> Policy:
     """
     files = policy_files(path)
     problems = ProblemCollector()
-    assembly = _PolicyAssembly()
-    digest = hashlib.sha256()
-
+    sources: list[tuple[str, bytes]] = []
     for file in files:
         data = _read_file(file, problems)
-        if data is None:
-            continue
+        if data is not None:
+            sources.append((str(file), data))
+    return _compile_policy(path, [str(file) for file in files], sources, problems)
+
+
+def load_policy_sources(path: Path, sources: list[tuple[str, bytes]]) -> Policy:
+    """Compile a policy from file contents read earlier, reporting problems under their file names.
+
+    `sources` lists (file name, bytes) in load order, as in `Policy.sources`, so the result has
+    the same version as the policy those bytes were first loaded from. Raises PolicyLoadError.
+    """
+    if not sources:
+        raise PolicyLoadError([PolicyProblem(str(path), 0, None, "no policy files to load")])
+    return _compile_policy(path, [name for name, _ in sources], sources, ProblemCollector())
+
+
+def _compile_policy(
+    path: Path, files: list[str], sources: list[tuple[str, bytes]], problems: ProblemCollector
+) -> Policy:
+    assembly = _PolicyAssembly()
+    digest = hashlib.sha256()
+    for name, data in sources:
         digest.update(data)
-        assembly.add_file(str(file), data, problems)
+        assembly.add_file(name, data, problems)
 
     defaults = assembly.defaults(problems)
     assembly.check_rules_across_files(problems)
-    problems.raise_if_any()
-
-    return Policy(
+    policy = Policy(
         version=digest.hexdigest()[:12],
         path=str(path),
-        files=tuple(str(file) for file in files),
+        files=tuple(files),
         rules=tuple(assembly.rules),
         defaults=defaults,
         catalog=assembly.catalog.complete_catalog(),
         attribute_defaults=assembly.catalog.attribute_defaults(),
-        warnings=tuple(assembly.warnings(defaults, files)),
+        warnings=tuple(assembly.warnings(defaults, [Path(name) for name in files])),
+        sources=tuple(sources),
     )
+    check_conditions_by_dry_run(policy, problems)
+    problems.raise_if_any()
+    return policy
 
 
 def _read_file(file: Path, problems: ProblemCollector) -> bytes | None:

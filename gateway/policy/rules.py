@@ -54,7 +54,8 @@ def parse_rule(value: Any, line: int, ctx: FileContext) -> Rule | None:
         if name is None or condition is None:
             return None
         return Rule(
-            name=name, effect="deny", condition=condition, message=message, file=ctx.file, line=mapping.line
+            name=name, effect="deny", condition=condition, message=message, file=ctx.file, line=mapping.line,
+            when_line=mapping.line_of("when") if "when" in mapping else 0,
         )
 
     if effect == "allow":
@@ -72,6 +73,7 @@ def parse_rule(value: Any, line: int, ctx: FileContext) -> Rule | None:
             claims=claims,
             file=ctx.file,
             line=mapping.line,
+            when_line=mapping.line_of("when") if "when" in mapping else 0,
         )
     return None
 

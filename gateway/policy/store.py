@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
+import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,13 +14,15 @@ from pathlib import Path
 from gateway.observability.logging import audit, hash_identifier, log_event
 from gateway.observability.metrics import POLICY_RELOADS, POLICY_VERSION, SHADOW_DISAGREEMENTS
 from gateway.policy.engine import Policy
-from gateway.policy.loader import FileSignature, file_signature, load_policy
+from gateway.policy.lastgood import LastGoodCopy, LastGoodError, LastGoodPolicy
+from gateway.policy.loader import FileSignature, file_signature, load_policy, load_policy_sources
 from gateway.policy.model import Decision, DecisionInput
 from gateway.policy.problems import PolicyLoadError
 
 logger = logging.getLogger(__name__)
 
-# How often request threads look at the files' mtimes. Each look costs a few stat() calls.
+# How often request threads and each process's reload thread look at the files' mtimes. Each
+# look costs a few stat() calls.
 DEFAULT_CHECK_INTERVAL_SECONDS = 1.0
 
 # A rejected reload lists its problems in the audit event; more than this is cut short.
@@ -33,6 +37,11 @@ class _WatchedPolicy:
     path: Path
     policy: Policy
     signature: FileSignature
+    last_good: LastGoodCopy | None = None
+    # Whether the files at `signature` were rejected, so the shared copy is worth looking at.
+    rejected: bool = False
+    # The last shared-copy failure logged, so a failure repeated every check is logged once.
+    last_good_error: str | None = None
 
 
 class PolicyStore:
@@ -41,6 +50,13 @@ class PolicyStore:
     Readers use `.policy`, `.shadow` or `.evaluate()` without locking: a reload swaps in a fully
     built Policy, and Policy objects never change after loading. Initial load errors raise
     PolicyLoadError, so a process with an invalid policy does not start.
+
+    Requests check the files at most once per `check_interval`. A daemon thread checks them at
+    the same interval as well, so a process without requests also picks up changes. The thread
+    starts in the process that serves: on the first request, or on the first read of `.policy`
+    in a process forked after construction (a gunicorn worker), never in the process that built
+    the store. With `last_good_dir`, every valid version loaded is copied there, and a process
+    that rejects a change moves to that copy, so all workers converge on the last valid version.
     """
 
     def __init__(
@@ -50,14 +66,20 @@ class PolicyStore:
         *,
         check_interval: float = DEFAULT_CHECK_INTERVAL_SECONDS,
         clock: Callable[[], float] = time.monotonic,
+        last_good_dir: Path | None = None,
+        reload_in_background: bool = True,
     ) -> None:
         self._check_interval = check_interval
         self._clock = clock
         self._reload_lock = threading.Lock()
         self._next_check = clock() + check_interval
+        self._reload_in_background = reload_in_background
+        self._created_pid = os.getpid()
+        self._watcher_pid: int | None = None
+        self._watcher_start_lock = threading.Lock()
 
-        self._live = _load_watched("live", path)
-        self._shadow = _load_watched("shadow", shadow_path) if shadow_path is not None else None
+        self._live = _load_watched("live", path, last_good_dir)
+        self._shadow = _load_watched("shadow", shadow_path, last_good_dir) if shadow_path is not None else None
         POLICY_VERSION.labels(version=self._live.policy.version).set(1)
         log_event(
             logger,
@@ -71,6 +93,8 @@ class PolicyStore:
     @property
     def policy(self) -> Policy:
         """The policy that decides requests."""
+        if self._created_pid != os.getpid():
+            self._ensure_watcher()
         return self._live.policy
 
     @property
@@ -85,6 +109,7 @@ class PolicyStore:
         one thread reloads, the others keep deciding with the current policy instead of waiting.
         Returns whether a new live or shadow policy was put in force.
         """
+        self._ensure_watcher()
         if self._clock() < self._next_check:
             return False
         if not self._reload_lock.acquire(blocking=False):
@@ -109,6 +134,7 @@ class PolicyStore:
 
         The shadow policy never changes the result, and nothing it does raises from here.
         """
+        self._ensure_watcher()
         decision = self._live.policy.evaluate(request)
         shadow = self._shadow
         if shadow is not None:
@@ -124,7 +150,7 @@ class PolicyStore:
     def _reload_one(self, watched: _WatchedPolicy, *, force: bool) -> bool:
         signature = file_signature(watched.path)
         if signature == watched.signature and not force:
-            return False
+            return watched.rejected and _adopt_last_good(watched)
 
         # Remember the signature before loading, so a rejected change is reported once and not
         # reloaded every interval. A later edit changes the signature and is tried again.
@@ -133,14 +159,37 @@ class PolicyStore:
         try:
             policy = load_policy(watched.path)
         except PolicyLoadError as error:
+            watched.rejected = True
             _record_rejected(watched, error)
-            return False
+            return _adopt_last_good(watched)
 
+        watched.rejected = False
+        _share_last_good(watched, policy, signature)
         if policy.version == previous.version:
             return False
         watched.policy = policy
-        _record_loaded(watched, previous)
+        _record_loaded(watched, previous, source="file")
         return True
+
+    def _ensure_watcher(self) -> None:
+        pid = os.getpid()
+        if self._watcher_pid == pid or not self._reload_in_background:
+            return
+        with self._watcher_start_lock:
+            if self._watcher_pid == pid:
+                return
+            # A thread of the parent may have held the reload lock at the moment of the fork, and
+            # nothing in this process would ever release it, so a forked child takes a fresh lock.
+            if self._watcher_pid is not None:
+                self._reload_lock = threading.Lock()
+            thread = threading.Thread(
+                target=_watch_files,
+                args=(weakref.ref(self), self._check_interval),
+                name="policy-reload",
+                daemon=True,
+            )
+            thread.start()
+            self._watcher_pid = pid
 
     def _compare_with_shadow(self, shadow: Policy, request: DecisionInput, live: Decision) -> None:
         try:
@@ -173,12 +222,73 @@ class PolicyStore:
             )
 
 
-def _load_watched(role: str, path: Path) -> _WatchedPolicy:
+def _load_watched(role: str, path: Path, last_good_dir: Path | None) -> _WatchedPolicy:
     signature = file_signature(path)
-    return _WatchedPolicy(role=role, path=path, policy=load_policy(path), signature=signature)
+    last_good = LastGoodCopy(last_good_dir / role) if last_good_dir is not None else None
+    watched = _WatchedPolicy(role=role, path=path, policy=load_policy(path), signature=signature, last_good=last_good)
+    _share_last_good(watched, watched.policy, signature)
+    return watched
 
 
-def _record_loaded(watched: _WatchedPolicy, previous: Policy) -> None:
+def _watch_files(store_ref: weakref.ref[PolicyStore], interval: float) -> None:
+    """Check the policy files every `interval` seconds until the store is garbage-collected."""
+    while True:
+        time.sleep(interval)
+        store = store_ref()
+        if store is None:
+            return
+        try:
+            store.maybe_reload()
+        except Exception as error:  # noqa: BLE001 - the thread must keep running for later changes
+            log_event(logger, "policy.reload_failed", logging.ERROR, error_type=type(error).__name__,
+                      error=str(error)[:300])
+        del store
+
+
+def _share_last_good(watched: _WatchedPolicy, policy: Policy, signature: FileSignature) -> None:
+    """Copy a valid policy to the shared folder, if its files still contain what was loaded."""
+    if watched.last_good is None:
+        return
+    copy = LastGoodPolicy(version=policy.version, path=str(watched.path), sources=policy.sources)
+    try:
+        watched.last_good.write_if_current(copy, lambda: file_signature(watched.path) == signature)
+    except LastGoodError as error:
+        log_event(logger, "policy.last_good_failed", logging.ERROR, policy=watched.role, error=str(error))
+
+
+def _adopt_last_good(watched: _WatchedPolicy) -> bool:
+    """Put the shared copy in force when it contains another version. Returns whether it did."""
+    if watched.last_good is None:
+        return False
+    try:
+        if watched.last_good.read_version(watched.path) in (None, watched.policy.version):
+            return False
+        copy = watched.last_good.read(watched.path)
+        if copy is None:
+            return False
+        policy = load_policy_sources(watched.path, list(copy.sources))
+    except (LastGoodError, PolicyLoadError) as error:
+        message = str(error)[:300]
+        if message != watched.last_good_error:
+            log_event(logger, "policy.last_good_failed", logging.ERROR, policy=watched.role, error=message)
+        watched.last_good_error = message
+        return False
+
+    if policy.version != copy.version:
+        message = f"the copy's files give version {policy.version}, not {copy.version}: the copy is damaged"
+        if message != watched.last_good_error:
+            log_event(logger, "policy.last_good_failed", logging.ERROR, policy=watched.role, error=message)
+        watched.last_good_error = message
+        return False
+    if policy.version == watched.policy.version:
+        return False
+    previous = watched.policy
+    watched.policy = policy
+    _record_loaded(watched, previous, source="last-good copy")
+    return True
+
+
+def _record_loaded(watched: _WatchedPolicy, previous: Policy, *, source: str) -> None:
     POLICY_RELOADS.labels(result="loaded").inc()
     if watched.role == "live":
         POLICY_VERSION.labels(version=watched.policy.version).set(1)
@@ -192,6 +302,7 @@ def _record_loaded(watched: _WatchedPolicy, previous: Policy) -> None:
         version=watched.policy.version,
         previous_version=previous.version,
         rules=len(watched.policy.rules),
+        source=source,
     )
 
 

@@ -167,7 +167,8 @@ def test_unreadable_file_fails_start_up(tmp_path: Path) -> None:
 def test_registry_reloads_changed_file(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "clients.yaml"
     write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
-    registry = ClientRegistry(path)
+    # Without the reload thread, the audit event is logged inside the request below.
+    registry = ClientRegistry(path, reload_in_background=False)
     assert registry.authenticate(SECURITY_KEY) is None
 
     write_clients(path, clients_yaml(
@@ -189,7 +190,7 @@ def test_registry_reloads_changed_file(tmp_path: Path, caplog: pytest.LogCapture
 def test_invalid_change_keeps_previous_clients(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     path = tmp_path / "clients.yaml"
     write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
-    registry = ClientRegistry(path)
+    registry = ClientRegistry(path, reload_in_background=False)
 
     write_clients(path, "clients: [\n")
     time.sleep(1.1)
@@ -201,3 +202,18 @@ def test_invalid_change_keeps_previous_clients(tmp_path: Path, caplog: pytest.Lo
     audits = [record for record in caplog.records if getattr(record, "event", "") == "audit.clients.reload"]
     assert [record.result for record in audits] == ["rejected"]
     assert audits[0].reason == f"{path}: invalid YAML (ParserError)"
+
+
+def test_idle_registry_reloads_in_background(tmp_path: Path) -> None:
+    path = tmp_path / "clients.yaml"
+    write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
+    registry = ClientRegistry(path)
+    # The first request of a process starts its reload thread. No request follows.
+    assert registry.authenticate(BFF_KEY) is not None
+
+    write_clients(path, clients_yaml(("security-team", SECURITY_KEY, ["keys:read"])))
+    deadline = time.monotonic() + 10.0
+    while [client.id for client in registry.clients] != ["security-team"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+    assert [client.id for client in registry.clients] == ["security-team"]

@@ -296,14 +296,16 @@ def test_non_boolean_condition_does_not_match(write_policy: Callable[..., Path])
             rules:
               - name: returns-string
                 effect: allow
-                when: 'request.country'
+                when: 'viewer.claims.plan'
                 audiences: [video]
             """
         )
     )
     before = error_count("returns-string")
+    # The load-time dry run passes this condition: its sample viewers have no `plan` claim.
+    viewer = Viewer(id="v1", authenticated=True, claims={"plan": "gold"})
 
-    decision = policy.evaluate(decision_input(FREE_ID))
+    decision = policy.evaluate(decision_input(FREE_ID, viewer=viewer))
 
     assert decision.effect == "deny"
     assert decision.rule is None

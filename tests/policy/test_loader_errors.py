@@ -17,6 +17,7 @@ CEL_EXPECTING = (
     "{'[', '{', '(', '.', '-', '!', 'true', 'false', 'null', NUM_FLOAT, NUM_INT, NUM_UINT, STRING, BYTES, "
     "IDENTIFIER}"
 )
+COMPARE_HINT = 'compare explicitly, as in `content.tier == "free"` or `content.drm == true`'
 
 # Each case: the file's text and the problems as (line, rule, message). `{file}` in a message
 # stands for the written file's path.
@@ -211,6 +212,48 @@ BROKEN_POLICIES: dict[str, tuple[str, list[tuple[int, str | None, str]]]] = {
                                      "conditions may use viewer, content, request, now"),
             (11, "number", "when: must be a CEL expression in a string, not a number"),
             (14, "blank", "when: must be a non-empty CEL expression; omit `when` to always match"),
+        ],
+    ),
+    "conditions that can never hold": (
+        """
+        version: 1
+        catalog:
+          - playback_ids: [FreeClip0aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1w]
+            attributes: {tier: free, drm: true}
+        rules:
+          - name: string-result
+            effect: deny
+            when: "content.playback_id"
+          - name: list-plus-int
+            effect: deny
+            when: "viewer.entitlements + 1"
+          - name: string-above-int
+            effect: deny
+            when: 'content.tier > 3'
+          - name: null-outside-catalog
+            effect: deny
+            when: 'content.drm'
+          - name: missing-claim-is-data
+            effect: deny
+            when: 'viewer.claims.plan == "gold"'
+          - name: null-origin-is-data
+            effect: deny
+            when: 'request.origin.startsWith("https://")'
+          - name: anonymous-id-is-data
+            effect: deny
+            when: 'viewer.id.startsWith("staff-")'
+        """,
+        [
+            (8, "string-result", "when: returns a string, not a bool, with an anonymous viewer and content "
+                                 f"not in the catalog; {COMPARE_HINT}"),
+            (11, "list-plus-int", "when: fails with a type error for every sample request (No such overload: "
+                                  "the operation is not defined for the given operand types); "
+                                  "compare values of the same type"),
+            (14, "string-above-int", "when: fails with a type error for every sample request (No such "
+                                     "overload: the operation is not defined for the given operand types); "
+                                     "compare values of the same type"),
+            (17, "null-outside-catalog", "when: returns null, not a bool, with an anonymous viewer and content "
+                                         f"not in the catalog; {COMPARE_HINT}"),
         ],
     ),
     "audiences": (

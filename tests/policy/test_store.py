@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
@@ -14,6 +15,7 @@ from prometheus_client import REGISTRY
 
 from gateway.auth.principal import Viewer
 from gateway.observability.logging import hash_identifier
+from gateway.policy.lastgood import LastGoodCopy, LastGoodPolicy
 from gateway.policy.loader import load_policy
 from gateway.policy.problems import PolicyLoadError
 from gateway.policy.store import PolicyStore
@@ -50,7 +52,11 @@ rules:
 
 
 class FakeClock:
-    """A monotonic clock that moves only when a test calls `advance`."""
+    """A monotonic clock that moves only when a test calls `advance`.
+
+    Stores built with it run without the reload thread, so only the test decides when files are
+    checked.
+    """
 
     def __init__(self) -> None:
         self.now = 1000.0
@@ -92,7 +98,7 @@ def clock() -> FakeClock:
 
 
 def test_initial_load_sets_version_gauge(write_policy: Callable[..., Path], clock: FakeClock) -> None:
-    store = PolicyStore(write_policy(ALLOW_VIDEO), clock=clock)
+    store = PolicyStore(write_policy(ALLOW_VIDEO), clock=clock, reload_in_background=False)
 
     assert store.policy.rules[0].name == "free-video"
     assert store.shadow is None
@@ -103,7 +109,7 @@ def test_invalid_initial_policy_raises(write_policy: Callable[..., Path], clock:
     path = write_policy(BROKEN)
 
     with pytest.raises(PolicyLoadError) as raised:
-        PolicyStore(path, clock=clock)
+        PolicyStore(path, clock=clock, reload_in_background=False)
 
     assert str(raised.value) == f"{path}:4: free-video: invalid effect 'permit': use allow or deny"
 
@@ -112,7 +118,7 @@ def test_valid_change_is_picked_up(
     write_policy: Callable[..., Path], clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_policy(ALLOW_VIDEO)
-    store = PolicyStore(path, clock=clock)
+    store = PolicyStore(path, clock=clock, reload_in_background=False)
     old_version = store.policy.version
     loaded_before = reloads("loaded")
     rewrite(path, ALLOW_VIDEO_LONGER)
@@ -142,7 +148,7 @@ def test_invalid_change_keeps_previous_policy(
     write_policy: Callable[..., Path], clock: FakeClock, caplog: pytest.LogCaptureFixture
 ) -> None:
     path = write_policy(ALLOW_VIDEO)
-    store = PolicyStore(path, clock=clock)
+    store = PolicyStore(path, clock=clock, reload_in_background=False)
     previous = store.policy
     rejected_before = reloads("rejected")
     rewrite(path, BROKEN)
@@ -169,7 +175,7 @@ def test_invalid_change_keeps_previous_policy(
 
 def test_fixed_file_after_rejection_loads(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     path = write_policy(ALLOW_VIDEO)
-    store = PolicyStore(path, clock=clock)
+    store = PolicyStore(path, clock=clock, reload_in_background=False)
     rewrite(path, BROKEN)
     clock.advance(1.0)
     store.maybe_reload()
@@ -185,7 +191,7 @@ def test_fixed_file_after_rejection_loads(write_policy: Callable[..., Path], clo
 
 def test_unchanged_signature_skips_reading(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     path = write_policy(ALLOW_VIDEO)
-    store = PolicyStore(path, clock=clock)
+    store = PolicyStore(path, clock=clock, reload_in_background=False)
     stat = path.stat()
     # Same size and mtime: the watcher cannot tell, but reload_now reads the file anyway.
     path.write_text(ALLOW_VIDEO.lstrip("\n").replace("free-video", "free-vide0"), encoding="utf-8")
@@ -201,7 +207,7 @@ def test_unchanged_signature_skips_reading(write_policy: Callable[..., Path], cl
 
 def test_folder_gains_a_file(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     first = write_policy(ALLOW_VIDEO, "policies/10-base.yaml")
-    store = PolicyStore(first.parent, clock=clock)
+    store = PolicyStore(first.parent, clock=clock, reload_in_background=False)
     write_policy(DENY_ALL, "policies/20-closed.yaml")
     clock.advance(1.0)
 
@@ -214,7 +220,7 @@ def test_folder_gains_a_file(write_policy: Callable[..., Path], clock: FakeClock
 
 def test_removed_policy_is_rejected(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     path = write_policy(ALLOW_VIDEO)
-    store = PolicyStore(path, clock=clock)
+    store = PolicyStore(path, clock=clock, reload_in_background=False)
     previous = store.policy
     rejected_before = reloads("rejected")
     path.unlink()
@@ -229,7 +235,7 @@ def test_removed_policy_is_rejected(write_policy: Callable[..., Path], clock: Fa
 
 def test_concurrent_reads_during_reloads(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     path = write_policy(ALLOW_VIDEO)
-    store = PolicyStore(path, clock=clock)
+    store = PolicyStore(path, clock=clock, reload_in_background=False)
     versions = {store.policy.version}
     seen: list[str] = []
     errors: list[BaseException] = []
@@ -268,7 +274,7 @@ def test_shadow_disagreement_is_counted_not_returned(
 ) -> None:
     live = write_policy(ALLOW_VIDEO, "live.yaml")
     shadow = write_policy(DENY_ALL, "shadow.yaml")
-    store = PolicyStore(live, shadow, clock=clock)
+    store = PolicyStore(live, shadow, clock=clock, reload_in_background=False)
     before = disagreements("allow", "deny")
     viewer = Viewer(id="viewer-42", authenticated=True)
 
@@ -297,7 +303,7 @@ def test_shadow_disagreement_is_counted_not_returned(
 def test_shadow_agreement_is_not_counted(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     live = write_policy(ALLOW_VIDEO, "live.yaml")
     shadow = write_policy(ALLOW_VIDEO + "# same rules, other bytes\n", "shadow.yaml")
-    store = PolicyStore(live, shadow, clock=clock)
+    store = PolicyStore(live, shadow, clock=clock, reload_in_background=False)
     before = disagreements("allow", "allow")
 
     decision = store.evaluate(decision_input(FREE_ID))
@@ -309,7 +315,7 @@ def test_shadow_agreement_is_not_counted(write_policy: Callable[..., Path], cloc
 def test_shadow_grant_difference_is_counted(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     live = write_policy(ALLOW_VIDEO, "live.yaml")
     shadow = write_policy(ALLOW_VIDEO_LONGER, "shadow.yaml")
-    store = PolicyStore(live, shadow, clock=clock)
+    store = PolicyStore(live, shadow, clock=clock, reload_in_background=False)
     before = disagreements("allow", "allow")
 
     decision = store.evaluate(decision_input(FREE_ID))
@@ -324,7 +330,7 @@ def test_failing_shadow_never_raises(
 ) -> None:
     live = write_policy(ALLOW_VIDEO, "live.yaml")
     shadow = write_policy(ALLOW_VIDEO, "shadow.yaml")
-    store = PolicyStore(live, shadow, clock=clock)
+    store = PolicyStore(live, shadow, clock=clock, reload_in_background=False)
     # A catalog value that CEL cannot convert makes every evaluation of this policy raise. The
     # loader never produces one, so the shadow is swapped for a hand-built policy.
     assert store._shadow is not None
@@ -342,7 +348,7 @@ def test_failing_shadow_never_raises(
 def test_shadow_reloads_beside_live(write_policy: Callable[..., Path], clock: FakeClock) -> None:
     live = write_policy(ALLOW_VIDEO, "live.yaml")
     shadow = write_policy(ALLOW_VIDEO, "shadow.yaml")
-    store = PolicyStore(live, shadow, clock=clock)
+    store = PolicyStore(live, shadow, clock=clock, reload_in_background=False)
     live_version = store.policy.version
     rewrite(shadow, DENY_ALL)
     clock.advance(1.0)
@@ -354,3 +360,108 @@ def test_shadow_reloads_beside_live(write_policy: Callable[..., Path], clock: Fa
     assert store.shadow is not None
     assert store.shadow.rules[0].name == "closed"
     assert version_gauge(live_version) == 1.0
+
+
+ALLOW_VIDEO_480 = ALLOW_VIDEO + "    claims:\n      max_resolution: 480p\n"
+ALLOW_VIDEO_9000 = ALLOW_VIDEO + "    claims:\n      max_resolution: 9000p\n"
+
+
+def wait_for_version(store: PolicyStore, version: str) -> str:
+    """Poll the store's version for up to 10 s without calling it as a request would; return it."""
+    deadline = time.monotonic() + 10.0
+    while store.policy.version != version and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return store.policy.version
+
+
+def test_idle_store_reloads_in_background(write_policy: Callable[..., Path]) -> None:
+    path = write_policy(ALLOW_VIDEO)
+    store = PolicyStore(path, check_interval=0.05)
+    # The first request of a process starts its reload thread. No request follows.
+    store.maybe_reload()
+
+    rewrite(path, ALLOW_VIDEO_LONGER)
+    expected = load_policy(path).version
+
+    assert wait_for_version(store, expected) == expected
+
+
+def test_rejecting_worker_moves_to_last_good_copy(
+    write_policy: Callable[..., Path], clock: FakeClock, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    path = write_policy(ALLOW_VIDEO)
+    shared = tmp_path / "last-good"
+    first = PolicyStore(path, clock=clock, last_good_dir=shared, reload_in_background=False)
+    second = PolicyStore(path, clock=clock, last_good_dir=shared, reload_in_background=False)
+    original = first.policy.version
+
+    rewrite(path, ALLOW_VIDEO_480)
+    clock.advance(1.0)
+    assert first.maybe_reload() is True
+    newer = first.policy.version
+    rewrite(path, ALLOW_VIDEO_9000)
+    clock.advance(1.0)
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        moved = second.maybe_reload()
+
+    assert second.policy.version != original
+    assert moved is True
+    assert second.policy.version == newer
+    assert second.policy.files == (str(path),)
+    assert second.policy.rules[0].claims == {"max_resolution": "480p"}
+    assert [(record.result, getattr(record, "source", None)) for record in audit_records(caplog)] == [
+        ("rejected", None), ("loaded", "last-good copy")
+    ]
+
+
+def test_rejecting_worker_keeps_checking_last_good_copy(
+    write_policy: Callable[..., Path], clock: FakeClock, tmp_path: Path
+) -> None:
+    path = write_policy(ALLOW_VIDEO)
+    shared = tmp_path / "last-good"
+    store = PolicyStore(path, clock=clock, last_good_dir=shared, reload_in_background=False)
+    original = store.policy.version
+    rewrite(path, ALLOW_VIDEO_9000)
+    clock.advance(1.0)
+    assert store.maybe_reload() is False
+    assert store.policy.version == original
+
+    # Another worker loaded a newer valid version just before the file broke, and shares it late.
+    newer = load_policy(write_policy(ALLOW_VIDEO_480, name="newer/policy.yaml"))
+    copy = LastGoodPolicy(version=newer.version, path=str(path), sources=((str(path), newer.sources[0][1]),))
+    assert LastGoodCopy(shared / "live").write_if_current(copy, lambda: True) is True
+    clock.advance(1.0)
+
+    assert store.maybe_reload() is True
+    assert store.policy.version == newer.version
+
+
+def test_last_good_copy_skips_stale_writer(tmp_path: Path) -> None:
+    copy_dir = LastGoodCopy(tmp_path / "live")
+    newer = LastGoodPolicy(version="bbbbbbbbbbbb", path="/etc/policy.yaml", sources=(("/etc/policy.yaml", b"new"),))
+    older = LastGoodPolicy(version="aaaaaaaaaaaa", path="/etc/policy.yaml", sources=(("/etc/policy.yaml", b"old"),))
+
+    assert copy_dir.write_if_current(newer, lambda: True) is True
+    # The older version's files were replaced after it was loaded: it must not win.
+    assert copy_dir.write_if_current(older, lambda: False) is False
+
+    assert copy_dir.read(Path("/etc/policy.yaml")) == newer
+    assert copy_dir.read(Path("/etc/other.yaml")) is None
+    assert copy_dir.read_version(Path("/etc/policy.yaml")) == "bbbbbbbbbbbb"
+
+
+def test_last_good_copy_of_other_path_ignored(
+    write_policy: Callable[..., Path], clock: FakeClock, tmp_path: Path
+) -> None:
+    path = write_policy(ALLOW_VIDEO)
+    shared = tmp_path / "last-good"
+    other = LastGoodPolicy(version="cccccccccccc", path=str(tmp_path / "other.yaml"), sources=(("x", b"y"),))
+    LastGoodCopy(shared / "live").write_if_current(other, lambda: True)
+    store = PolicyStore(path, clock=clock, last_good_dir=shared, reload_in_background=False)
+    original = store.policy.version
+    rewrite(path, ALLOW_VIDEO_9000)
+    clock.advance(1.0)
+
+    assert store.maybe_reload() is False
+    assert store.policy.version == original
+    assert LastGoodCopy(shared / "live").read_version(path) == original
