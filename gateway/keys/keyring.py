@@ -219,11 +219,13 @@ class KeyringStore(ABC):
         """Return the current version cheaply, for the periodic change check."""
 
     @abstractmethod
-    def update(self, change: Change) -> KeyringState:
+    def update(self, change: Change, *, min_version: int = 0) -> KeyringState:
         """Apply `change` to the current state and store the result with version + 1.
 
-        `change` returns None to leave the keyring as it is. It may run more than once when
-        another writer got in first, so it must not have side effects.
+        The stored version is at least `min_version`, so a keyring restored after Redis lost it
+        never reuses a version that replicas have already loaded. `change` returns None to leave
+        the keyring as it is. It may run more than once when another writer got in first, so it
+        must not have side effects.
         """
 
     @abstractmethod
@@ -313,21 +315,35 @@ return 0
 
     def read(self) -> KeyringState:
         with self._errors("read"):
-            raw = self._redis.get(self._state_key)
-        return KeyringState() if raw is None else KeyringState.from_json(raw, self.where)
+            raw, raw_version = self._redis.mget(self._state_key, self._version_key)
+        if raw is not None:
+            return KeyringState.from_json(raw, self.where)
+        # The document can be gone while its version key is still there (evicted, or deleted by
+        # hand). An empty state at that version keeps compare-and-set writes possible.
+        return KeyringState(version=int(raw_version) if raw_version is not None else 0)
 
     def current_version(self) -> int:
-        with self._errors("version"):
-            raw = self._redis.get(self._version_key)
-        return int(raw) if raw is not None else 0
+        """Return the stored version, or 0 when the keyring document is missing.
 
-    def update(self, change: Change) -> KeyringState:
+        Reporting 0 for a missing document makes every provider re-read the keyring when only
+        the document was lost, so it notices the loss.
+        """
+        with self._errors("version"):
+            pipeline = self._redis.pipeline(transaction=False)
+            pipeline.get(self._version_key)
+            pipeline.exists(self._state_key)
+            raw, state_exists = pipeline.execute()
+        if raw is None or not state_exists:
+            return 0
+        return int(raw)
+
+    def update(self, change: Change, *, min_version: int = 0) -> KeyringState:
         for _ in range(_UPDATE_ATTEMPTS):
             current = self.read()
             proposed = change(current)
             if proposed is None:
                 return current
-            stored = dataclasses.replace(proposed, version=current.version + 1)
+            stored = dataclasses.replace(proposed, version=max(current.version + 1, min_version))
             with self._errors("update"):
                 written = self._redis.eval(
                     self._CAS_SCRIPT, 2, self._state_key, self._version_key,
@@ -450,13 +466,13 @@ class FileKeyringStore(KeyringStore):
             self._cached_signature = signature
         return self._cached_version
 
-    def update(self, change: Change) -> KeyringState:
+    def update(self, change: Change, *, min_version: int = 0) -> KeyringState:
         with self._mutex():
             current = self.read()
             proposed = change(current)
             if proposed is None:
                 return current
-            stored = dataclasses.replace(proposed, version=current.version + 1)
+            stored = dataclasses.replace(proposed, version=max(current.version + 1, min_version))
             self._write_atomically(self.path, stored.to_json().encode())
             return stored
 

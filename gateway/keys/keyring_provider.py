@@ -4,6 +4,12 @@ Signing reads an immutable snapshot, so it never waits on Redis or the file syst
 thread, started on first use in each process (so gunicorn's forked workers each get their own),
 refreshes the snapshot when a change is announced and at least every `refresh_interval` seconds.
 Each private key is decrypted and parsed once per process, when its record first appears.
+
+A provider never loads a keyring whose version went backwards, or an empty keyring after one
+that held keys: that means the storage lost the keyring (Redis restarted without persistence,
+an eviction, FLUSHALL). It keeps signing with its last good snapshot, reports the loss in
+`warnings()`, and writes that snapshot back under the rotation lock, so the keyring heals itself
+as long as one process still holds it.
 """
 
 from __future__ import annotations
@@ -15,15 +21,29 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from gateway.keys.errors import KeyManagementError, KeyringUnavailableError
-from gateway.keys.keyring import KeyRecord, KeyringState, KeyringStore
+from gateway.keys.errors import (
+    KeyManagementError,
+    KeyringUnavailableError,
+    LockLostError,
+    RotationInProgressError,
+)
+from gateway.keys.keyring import KeyRecord, KeyringState, KeyringStore, RotationLock
 from gateway.keys.material import KeyMaterialError, SigningKey, parse_private_key
 from gateway.keys.provider import DEV_KEY_WARNING, KeyInfo, NoSigningKeyError
 from gateway.keys.sealing import KeyringCipher
-from gateway.observability.logging import log_event
-from gateway.observability.metrics import ACTIVE_KEY_CREATED, DEV_KEY_IN_USE, SIGNING_KEY_USABLE
+from gateway.observability.logging import audit, log_event
+from gateway.observability.metrics import (
+    ACTIVE_KEY_CREATED,
+    DEV_KEY_IN_USE,
+    KEYRING_REGRESSIONS,
+    SIGNING_KEY_USABLE,
+)
 
 REFRESH_INTERVAL_SECONDS = 2.0
+RESTORE_LOCK_TTL_SECONDS = 30
+# Covers one change-check interval plus a Redis read at its 2 s socket timeout.
+WATCHER_JOIN_TIMEOUT_SECONDS = 10.0
+REGRESSION_LOG_INTERVAL_SECONDS = 60.0
 
 logger = logging.getLogger(__name__)
 
@@ -65,8 +85,16 @@ class KeyringProvider:
         self._listeners: list[Callable[[str], None]] = []
         self._unavailable_since: float | None = None
         self._watcher_pid: int | None = None
+        self._watcher: threading.Thread | None = None
         self._stop = threading.Event()
         self._start_lock = threading.Lock()
+        # The last keyring this process applied, kept whole (sealed keys, markers, check value)
+        # so it can be written back if the storage loses it.
+        self._last_good: KeyringState | None = None
+        self._ever_held_keys = False
+        self._retired_kids: set[str] = set()
+        self._regression: str | None = None
+        self._regression_logged_at: float | None = None
 
         # At start-up an undecryptable or malformed keyring must stop the process, so those
         # errors propagate; an unreachable Redis only delays loading to the watcher thread.
@@ -87,6 +115,11 @@ class KeyringProvider:
     def fallback(self) -> SigningKey | None:
         return self._fallback
 
+    @property
+    def regression(self) -> str | None:
+        """Describe the keyring loss this process is riding out, or None while the keyring is sound."""
+        return self._regression
+
     def add_removal_listener(self, listener: Callable[[str], None]) -> None:
         """Call `listener(kid)` whenever a key this process held is revoked or removed."""
         self._listeners.append(listener)
@@ -99,9 +132,7 @@ class KeyringProvider:
                 f"the keyring in {self.store.where} has not been loaded yet because it is unreachable"
             )
         if not snapshot.records:
-            if self._fallback is None:
-                raise NoSigningKeyError("the keyring is empty and no MUX_SIGNING_KEY is set")
-            return self._fallback
+            return self._usable_fallback()
         if snapshot.active is None:
             raise NoSigningKeyError(
                 "the keyring holds no active key: run `playback-gateway keys rotate`"
@@ -112,14 +143,16 @@ class KeyringProvider:
         self._ensure_watcher()
         snapshot = self._snapshot
         if snapshot.version >= 0 and not snapshot.records:
-            return self._fallback if self._fallback is not None and self._fallback.kid == kid else None
+            fallback = self._fallback_or_none()
+            return fallback if fallback is not None and fallback.kid == kid else None
         return snapshot.keys.get(kid)
 
     def infos(self) -> list[KeyInfo]:
         self._ensure_watcher()
         snapshot = self._snapshot
-        if snapshot.version >= 0 and not snapshot.records and self._fallback is not None:
-            return [KeyInfo(self._fallback.kid, "active", self._fallback.source)]
+        fallback = self._fallback_or_none()
+        if snapshot.version >= 0 and not snapshot.records and fallback is not None:
+            return [KeyInfo(fallback.kid, "active", fallback.source)]
         order = {"active": 0, "retiring": 1, "revoked": 2}
         records = sorted(snapshot.records, key=lambda r: (order[r.state], -(r.created_at or 0), r.kid))
         return [record.info() for record in records]
@@ -127,14 +160,16 @@ class KeyringProvider:
     def warnings(self) -> list[str]:
         snapshot = self._snapshot
         warnings: list[str] = []
+        if self._regression is not None:
+            warnings.append(self._regression)
         if self._unavailable_since is not None:
             age = int(time.time() - self._unavailable_since)
             warnings.append(
                 f"the keyring in {self.store.where} has been unreachable for {age} s; "
                 "signing with the keys loaded before"
             )
-        if snapshot.version >= 0 and not snapshot.records and self._fallback is not None:
-            if self._fallback.source == "dev":
+        if snapshot.version >= 0 and not snapshot.records and self._fallback_or_none() is not None:
+            if self._fallback is not None and self._fallback.source == "dev":
                 warnings.append(DEV_KEY_WARNING)
         elif (
             self._fallback is not None
@@ -160,13 +195,128 @@ class KeyringProvider:
                 self._unavailable_since = None
                 return False
             state = self.store.read()
-            self._apply(state)
             self._unavailable_since = None
+            regression = self._describe_regression(state)
+            if regression is not None:
+                return self._handle_regression(state, regression)
+            self._apply(state)
             return True
 
     def close(self) -> None:
-        """Stop this process's watcher thread."""
+        """Stop this process's watcher thread and wait for it to end.
+
+        Waiting matters because a watcher still running after close could find the keyring gone
+        (for example when the next owner deletes it) and write its old snapshot back.
+        """
         self._stop.set()
+        watcher = self._watcher
+        if watcher is not None and watcher is not threading.current_thread() and self._watcher_pid == os.getpid():
+            watcher.join(timeout=WATCHER_JOIN_TIMEOUT_SECONDS)
+
+    def _usable_fallback(self) -> SigningKey:
+        fallback = self._fallback_or_none()
+        if fallback is not None:
+            return fallback
+        if self._fallback is None:
+            raise NoSigningKeyError("the keyring is empty and no MUX_SIGNING_KEY is set")
+        raise NoSigningKeyError(
+            f"the keyring is empty, and MUX_SIGNING_KEY {self._fallback.kid} is not used because "
+            "the keyring held keys before or revoked it: restore the keyring or run "
+            "`playback-gateway keys rotate`"
+        )
+
+    def _fallback_or_none(self) -> SigningKey | None:
+        """Return the fallback key while it may sign: never once this process saw the keyring
+        hold keys, and never a key the keyring revoked or removed."""
+        if self._fallback is None or self._ever_held_keys or self._fallback.kid in self._retired_kids:
+            return None
+        return self._fallback
+
+    def _describe_regression(self, state: KeyringState) -> str | None:
+        """Return why `state` cannot follow the loaded keyring, or None when it can."""
+        last = self._last_good
+        if last is None:
+            return None
+        if state.version < last.version:
+            return (
+                f"the keyring in {self.store.where} went back from version {last.version} to "
+                f"{state.version}"
+            )
+        # Every write raises the version, so an empty keyring at the same version was not written
+        # by a gateway: its document was deleted or evicted.
+        if last.keys and not state.keys and state.version <= last.version:
+            return f"the keyring in {self.store.where} lost all its keys at version {state.version}"
+        return None
+
+    def _handle_regression(self, state: KeyringState, regression: str) -> bool:
+        """Keep the last good snapshot in force and try to write it back. Returns True when restored."""
+        assert self._last_good is not None
+        if self._regression is None:
+            KEYRING_REGRESSIONS.labels("detected").inc()
+        self._regression = (
+            f"{regression}, so it was lost in storage (Redis restarted without persistence, an "
+            "eviction or FLUSHALL); this process signs with the keys it loaded before and writes "
+            "them back. Give Redis persistence (AOF or RDB) and maxmemory-policy noeviction"
+        )
+        self._log_regression(state)
+
+        restored = self._restore(self._last_good)
+        if restored is None:
+            return False
+        self._regression = None
+        self._regression_logged_at = None
+        self._apply(restored)
+        return True
+
+    def _log_regression(self, state: KeyringState) -> None:
+        # Logged at most once a minute per process: the watcher finds the loss every few seconds.
+        now = time.monotonic()
+        last_logged = self._regression_logged_at
+        if last_logged is not None and now - last_logged < REGRESSION_LOG_INTERVAL_SECONDS:
+            return
+        self._regression_logged_at = now
+        assert self._last_good is not None
+        log_event(
+            logger, "keyring.regressed", logging.ERROR, where=self.store.where,
+            loaded_version=self._last_good.version, stored_version=state.version,
+            stored_keys=len(state.keys), loaded_keys=len(self._last_good.keys),
+        )
+
+    def _restore(self, snapshot: KeyringState) -> KeyringState | None:
+        """Write `snapshot` back when the stored keyring is empty, or older and holds no key it lacks.
+
+        Runs under the rotation lock, so it never races a rotation, and compare-and-set, so it
+        never overwrites a keyring another process wrote meanwhile. Returns the stored state,
+        or None when it did not write.
+        """
+        actor = f"keyring-provider:{os.getpid()}"
+        written: list[bool] = []
+
+        def restore_if_allowed(current: KeyringState) -> KeyringState | None:
+            written.clear()
+            restored = _restorable(current, snapshot)
+            written.append(restored is not None)
+            return restored
+
+        try:
+            with RotationLock(self.store, RESTORE_LOCK_TTL_SECONDS) as lock:
+                lock.ensure_held()
+                stored = self.store.update(restore_if_allowed, min_version=snapshot.version + 1)
+        except (RotationInProgressError, LockLostError):
+            return None  # the lock holder may be restoring already; the next check looks again
+        except KeyringUnavailableError as error:
+            log_event(logger, "keyring.restore_failed", logging.ERROR, error=error.message)
+            return None
+
+        if written != [True]:
+            # Another process restored or rotated meanwhile; the next check loads its keyring.
+            return None
+        KEYRING_REGRESSIONS.labels("restored").inc()
+        audit(
+            "keys.restore", actor=actor, result="ok", version=stored.version,
+            key_ids=sorted(stored.held_ids()), where=self.store.where,
+        )
+        return stored
 
     def _apply(self, state: KeyringState) -> None:
         if state.check is not None:
@@ -183,6 +333,12 @@ class KeyringProvider:
         active_record = state.active()
         active = keys.get(active_record.kid) if active_record is not None else None
         self._snapshot = _Snapshot(state.version, state.keys, keys, active)
+        self._last_good = state
+        self._regression = None
+        if state.keys:
+            self._ever_held_keys = True
+        self._retired_kids.update(record.kid for record in state.keys if record.state == "revoked")
+        self._retired_kids.update(previous.keys.keys() - keys.keys())
 
         if previous.version >= 0 and state.version != previous.version:
             log_event(
@@ -204,10 +360,11 @@ class KeyringProvider:
 
     def _update_gauges(self, active_record: KeyRecord | None) -> None:
         snapshot = self._snapshot
-        using_fallback = not snapshot.records and self._fallback is not None
+        fallback = self._fallback_or_none()
+        using_fallback = not snapshot.records and fallback is not None
         usable = snapshot.active is not None or using_fallback
         SIGNING_KEY_USABLE.set(1 if usable else 0)
-        DEV_KEY_IN_USE.set(1 if using_fallback and self._fallback is not None and self._fallback.source == "dev" else 0)
+        DEV_KEY_IN_USE.set(1 if using_fallback and fallback is not None and fallback.source == "dev" else 0)
         if active_record is not None and active_record.created_at is not None:
             ACTIVE_KEY_CREATED.set(active_record.created_at)
 
@@ -246,9 +403,12 @@ class KeyringProvider:
                 daemon=True,
             )
             thread.start()
+            self._watcher = thread
             self._watcher_pid = pid
 
     def _refresh_from_watcher(self) -> None:
+        if self._stop.is_set():
+            return
         try:
             self.refresh()
         except KeyringUnavailableError as error:
@@ -256,3 +416,16 @@ class KeyringProvider:
         except KeyManagementError as error:
             # A keyring this process cannot read keeps the previous snapshot in force.
             log_event(logger, "keyring.refresh_failed", logging.ERROR, error=str(error))
+
+
+def _restorable(current: KeyringState, snapshot: KeyringState) -> KeyringState | None:
+    """Return `snapshot` when it may replace `current`, else None to leave the keyring alone.
+
+    A keyring that holds keys the snapshot lacks was written by someone who never saw the
+    snapshot, for example a rotation after the loss; overwriting it would drop those keys.
+    """
+    if not current.keys:
+        return snapshot
+    if current.version < snapshot.version and current.held_ids() <= snapshot.held_ids():
+        return snapshot
+    return None

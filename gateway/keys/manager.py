@@ -510,7 +510,14 @@ class KeyManager:
 
     @contextlib.contextmanager
     def _locked(self) -> Iterator[RotationLock]:
+        # A keyring lost in storage must be restored before anything builds on it: a rotation
+        # on the empty keyring would orphan every key this process still holds.
+        self._refresh_provider()
         with RotationLock(self.store, self._lock_ttl) as lock:
+            if self.provider.regression is not None:
+                raise KeyringUnavailableError(
+                    f"key operations are paused: {self.provider.regression}", retry_after=5
+                )
             yield lock
 
     @contextlib.contextmanager

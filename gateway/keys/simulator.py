@@ -16,7 +16,7 @@ gateway processes separately can use them too:
 - `lost_response`: perform the operation, then close the connection without an answer.
 
 Run `python -m gateway.keys.simulator --port 8081` for local development, or `--demo` to start
-the gateway against it. The `/_sim/` control routes are unauthenticated: the server only ever
+the gateway against it (see `gateway.keys.demo`). The `/_sim/` control routes are unauthenticated: the server only ever
 binds to 127.0.0.1.
 """
 
@@ -29,17 +29,13 @@ import json
 import math
 import os
 import secrets
-import shutil
-import signal
 import string
-import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
@@ -455,24 +451,36 @@ def _operation(method: str, path: str) -> tuple[str | None, str | None]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from gateway.keys.demo import DEFAULT_GATEWAY_PORT, TOKEN_SECRET_VARIABLE, run_demo
+
     parser = argparse.ArgumentParser(
         prog="python -m gateway.keys.simulator",
         description="Run a local System API simulator for signing keys on 127.0.0.1.",
     )
-    parser.add_argument("--port", type=int, default=0, help="TCP port to listen on (default: a free port)")
+    parser.add_argument("--port", type=int, default=0,
+                        help="TCP port of the simulator (default: a free port)")
     parser.add_argument("--token-id", help="access token id clients must send (default: generated)")
-    parser.add_argument("--token-secret", help="access token secret clients must send (default: generated)")
+    parser.add_argument("--token-secret", default=os.environ.get(TOKEN_SECRET_VARIABLE),
+                        help=f"access token secret clients must send (default: ${TOKEN_SECRET_VARIABLE}, "
+                             "else generated); prefer the variable, which does not show in `ps`")
     parser.add_argument("--demo", action="store_true",
-                        help="also run `playback-gateway serve` on 127.0.0.1:8080 against the simulator")
+                        help="also run `playback-gateway serve` against the simulator, after one rotation")
+    parser.add_argument("--gateway-port", type=_port, default=DEFAULT_GATEWAY_PORT,
+                        help=f"TCP port of the gateway that --demo starts (default: {DEFAULT_GATEWAY_PORT})")
     args = parser.parse_args(argv)
+    secret_supplied = args.token_secret is not None
 
-    simulator = Simulator(args.token_id, args.token_secret, port=args.port).start()
+    try:
+        simulator = Simulator(args.token_id, args.token_secret, port=args.port).start()
+    except OSError as error:
+        print(f"error: the simulator cannot listen on {HOST}:{args.port}: {error.strerror}", file=sys.stderr)
+        return 2
     print(f"System API simulator listening on {simulator.url}", flush=True)
     try:
         if args.demo:
-            return _run_demo(simulator)
+            return run_demo(simulator, args.gateway_port, sys.stdout, secret_from_environment=secret_supplied)
         print(f"MUX_TOKEN_ID={simulator.token_id}", flush=True)
-        if args.token_secret is None:
+        if not secret_supplied:
             # A throwaway credential of this local simulator, printed so a gateway can be pointed at it.
             print(f"MUX_TOKEN_SECRET={simulator.token_secret}", flush=True)
         print("Press Ctrl-C to stop.", flush=True)
@@ -483,36 +491,14 @@ def main(argv: list[str] | None = None) -> int:
         simulator.stop()
 
 
-def _run_demo(simulator: Simulator) -> int:
-    """Start the gateway against the simulator, after one rotation so it signs with a simulator key."""
-    from gateway.config import Settings
-    from gateway.keys.commands import keys_command
-
-    data_dir = Path(os.environ.get("GATEWAY_DATA_DIR") or ".gateway") / "demo"
-    # The simulator keeps keys in memory only, so a keyring from an earlier demo would be stale.
-    shutil.rmtree(data_dir, ignore_errors=True)
-    env = dict(os.environ)
-    env.update({
-        "MUX_TOKEN_ID": simulator.token_id,
-        "MUX_TOKEN_SECRET": simulator.token_secret,
-        "GATEWAY_MUX_API_URL": simulator.url,
-        "GATEWAY_DATA_DIR": str(data_dir),
-    })
-    for name in ("MUX_SIGNING_KEY", "MUX_PRIVATE_KEY", "GATEWAY_REDIS_URL", "GATEWAY_KEYRING_KEY"):
-        env.pop(name, None)
-
-    settings = Settings.from_env(env)
-    if keys_command(["rotate"], settings, sys.stdout, actor="demo") != 0:
-        return 1
-
-    executable = shutil.which("playback-gateway") or str(Path(sys.executable).with_name("playback-gateway"))
-    print("Starting the gateway on http://127.0.0.1:8080 (Ctrl-C stops both)", flush=True)
-    process = subprocess.Popen([executable, "serve", "--bind", "127.0.0.1:8080"], env=env)  # noqa: S603
+def _port(value: str) -> int:
     try:
-        return process.wait()
-    except KeyboardInterrupt:
-        process.send_signal(signal.SIGINT)
-        return process.wait(timeout=30)
+        port = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid port {value!r}: expected a number from 1 to 65535") from None
+    if not 1 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"invalid port {port}: expected a number from 1 to 65535")
+    return port
 
 
 if __name__ == "__main__":

@@ -97,6 +97,12 @@ KEY_OPERATIONS = Counter(
     f"{PREFIX}_key_operations", "Key lifecycle operations by operation and result",
     ["operation", "result"],
 )
+KEYRING_REGRESSIONS = Counter(
+    f"{PREFIX}_keyring_regressions",
+    "Times a process found the stored keyring older or emptier than the one it had loaded, by "
+    "outcome (detected: kept its snapshot; restored: wrote its snapshot back)",
+    ["outcome"],
+)
 ACTIVE_KEY_CREATED = Gauge(
     f"{PREFIX}_active_key_created_timestamp_seconds",
     "Creation time of the active signing key (Unix seconds)", multiprocess_mode="max",

@@ -88,8 +88,16 @@ def disagreements(live: str, shadow: str) -> float:
     return REGISTRY.get_sample_value("playback_gateway_shadow_policy_disagreements_total", labels) or 0.0
 
 
-def audit_records(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
-    return [record for record in caplog.records if getattr(record, "event", None) == "audit.policy.reload"]
+def audit_records(caplog: pytest.LogCaptureFixture, path: Path) -> list[logging.LogRecord]:
+    """Return the reload audit records of the store at `path`.
+
+    Stores built by earlier tests in this process may still run reload threads, so records are
+    filtered by path rather than taken whole.
+    """
+    return [
+        record for record in caplog.records
+        if getattr(record, "event", None) == "audit.policy.reload" and getattr(record, "path", None) == str(path)
+    ]
 
 
 @pytest.fixture
@@ -136,7 +144,7 @@ def test_valid_change_is_picked_up(
     assert version_gauge(store.policy.version) == 1.0
     assert version_gauge(old_version) == 0.0
 
-    [record] = audit_records(caplog)
+    [record] = audit_records(caplog, path)
     assert record.result == "loaded"
     assert record.actor is None
     assert record.policy == "live"
@@ -166,7 +174,7 @@ def test_invalid_change_keeps_previous_policy(
     assert reloads("rejected") == rejected_before + 1
     assert version_gauge(previous.version) == 1.0
 
-    [record] = audit_records(caplog)
+    [record] = audit_records(caplog, path)
     assert record.result == "rejected"
     assert record.version == previous.version
     assert record.problems == [f"{path}:4: free-video: invalid effect 'permit': use allow or deny"]
@@ -409,7 +417,7 @@ def test_rejecting_worker_moves_to_last_good_copy(
     assert second.policy.version == newer
     assert second.policy.files == (str(path),)
     assert second.policy.rules[0].claims == {"max_resolution": "480p"}
-    assert [(record.result, getattr(record, "source", None)) for record in audit_records(caplog)] == [
+    assert [(record.result, getattr(record, "source", None)) for record in audit_records(caplog, path)] == [
         ("rejected", None), ("loaded", "last-good copy")
     ]
 
