@@ -37,6 +37,8 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	bash .ci/ensure-redis
+	command -v wrk >/dev/null || { [ "$$(id -u)" = 0 ] && apt-get install -y -qq wrk >/dev/null; } \
+		|| { echo "wrk is missing: install it, for example: sudo apt-get install wrk" >&2; exit 1; }
 	$(BIN)/python bench/run.py
 
 clean:
