@@ -22,6 +22,7 @@ _PROBLEM_RESPONSES = {
     "400": "Invalid input; `errors` lists each field and how to fix it",
     "401": "Missing or invalid credentials (an invalid viewer JWT is never anonymous)",
     "403": "Denied by policy (`rule` names the rule) or by scope",
+    "408": "The body did not arrive within 10 seconds",
     "413": "Body too large",
     "415": "Body is not JSON",
     "429": "Rate limited; see Retry-After",
@@ -123,7 +124,7 @@ def _body(ref: str) -> dict[str, Any]:
     return {"required": True, "content": {"application/json": {"schema": {"$ref": ref}}}}
 
 
-_TOKEN_CODES = ("400", "401", "403", "413", "415", "429", "503")
+_TOKEN_CODES = ("400", "401", "403", "408", "413", "415", "429", "503")
 _SECURITY = [{}, {"viewerJwt": []}, {"apiKey": []}, {"apiKey": [], "viewerJwt": []}]
 
 
@@ -169,7 +170,7 @@ def openapi_document() -> dict[str, Any]:
                 "security": _SECURITY,
                 "requestBody": _body("#/components/schemas/TokenRequest"),
                 "responses": _responses(_json("The decision", "#/components/schemas/Explanation"),
-                                        ("400", "401", "403", "413", "415", "429", "503")),
+                                        _TOKEN_CODES),
             }},
             "/v1/keys": _key_route("List held signing keys (never key material)", "keys:read", "get"),
             "/v1/keys/rotate": _key_route("Rotate the signing key through Mux's System API", "keys:rotate", "post"),
