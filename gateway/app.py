@@ -103,7 +103,7 @@ def build_services(settings: Settings) -> Services:
         key_manager.on_revoked = cache.drop_key_id
     if hasattr(keys, "add_removal_listener"):
         # Every worker and replica hears of a revocation, so each drops its own copies.
-        keys.add_removal_listener(cache.drop_key_id)
+        keys.add_removal_listener(cache.drop_local_key_id)
 
     rate_limiter = RateLimiter(settings.redis_url, settings.rate_limits) if settings.rate_limits else None
     return Services(

@@ -146,7 +146,15 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
         overrides["workers"] = args.workers
     if args.threads:
         overrides["threads"] = args.threads
-    GatewayServer(create_app_from_services(gateway), overrides).run()
+    app = create_app_from_services(gateway)
+
+    # Background threads started while building (the keyring watcher) would keep running in the
+    # master, which serves nothing, and could hold a lock at the moment a worker forks. Each
+    # worker starts its own on first use.
+    stop_watcher = getattr(gateway.keys, "close", None)
+    if stop_watcher is not None:
+        stop_watcher()
+    GatewayServer(app, overrides).run()
     return EXIT_OK
 
 

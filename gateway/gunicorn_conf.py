@@ -7,6 +7,7 @@ cores. gevent would block its event loop on every signature.
 
 from __future__ import annotations
 
+import atexit
 import json
 import logging
 import os
@@ -106,11 +107,19 @@ def prepare_metrics_dir() -> str:
     if not directory:
         directory = tempfile.mkdtemp(prefix="playback-gateway-metrics-")
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = directory
+        # gunicorn skips on_exit when it fails to bind, so the temporary directory is also removed
+        # at interpreter exit, by the process that made it only (workers inherit the handler).
+        atexit.register(_remove_directory_of, os.getpid(), directory)
     path = Path(directory)
     path.mkdir(parents=True, exist_ok=True)
     for stale in path.glob("*.db"):
         stale.unlink()
     return directory
+
+
+def _remove_directory_of(owner_pid: int, directory: str) -> None:
+    if os.getpid() == owner_pid:
+        shutil.rmtree(directory, ignore_errors=True)
 
 
 def on_starting(server: Any) -> None:

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
+import socket
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -143,8 +145,12 @@ def _read_body(max_bytes: int) -> bytes:
             size += len(chunk)
     except (TimeoutError, OSError):
         log_event(logger, "request.body_timeout", logging.WARNING, received_bytes=size)
-        raise Problem(408, "body-timeout", f"The body did not arrive within {BODY_READ_SECONDS} seconds.",
-                      headers={"Connection": "close"}) from None
+        # gunicorn ignores a Connection header from the app and would wait for the rest of the
+        # body before the next request, so reading is shut down: the 408 still goes out, then the
+        # connection ends.
+        with contextlib.suppress(OSError):
+            sock.shutdown(socket.SHUT_RD)
+        raise Problem(408, "body-timeout", f"The body did not arrive within {BODY_READ_SECONDS} seconds.") from None
     finally:
         sock.settimeout(None)
     return b"".join(chunks)

@@ -24,9 +24,12 @@ _PROBLEM_RESPONSES = {
     "403": "Denied by policy (`rule` names the rule) or by scope",
     "408": "The body did not arrive within 10 seconds",
     "413": "Body too large",
+    "404": "No held key has this id",
+    "409": "Another rotation is in progress; see Retry-After",
     "415": "Body is not JSON",
     "429": "Rate limited; see Retry-After",
-    "503": "No usable signing key",
+    "502": "Mux's System API answered with an error",
+    "503": "No usable signing key, key management disabled, or Redis unavailable for the lock",
 }
 
 _CLAIM_SCHEMAS: dict[str, dict[str, Any]] = {
@@ -125,6 +128,7 @@ def _body(ref: str) -> dict[str, Any]:
 
 
 _TOKEN_CODES = ("400", "401", "403", "408", "413", "415", "429", "503")
+_KEY_CODES = ("400", "401", "403", "404", "409", "429", "502", "503")
 _SECURITY = [{}, {"viewerJwt": []}, {"apiKey": []}, {"apiKey": [], "viewerJwt": []}]
 
 
@@ -135,7 +139,7 @@ def _key_route(summary: str, scope: str, method: str) -> dict[str, Any]:
         "security": [{"apiKey": []}],
         "responses": _responses(
             {"description": "Result", "content": {"application/json": {"schema": {"type": "object"}}}},
-            ("401", "403", "503"),
+            _KEY_CODES,
         ),
     }}
 

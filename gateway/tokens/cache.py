@@ -162,6 +162,15 @@ class TokenCache:
         self._store(key, f"{expires_at}.{token}", ttl // 2)
         return token, expires_at
 
+    def drop_local_key_id(self, kid: str) -> None:
+        """Forget this process's in-memory copies of tokens signed with `kid`.
+
+        Every process calls this when it hears of a revocation; only the process that ran the
+        revocation also deletes the shared entries (drop_key_id), so Redis is scanned once.
+        """
+        if self._local is not None:
+            self._local.drop_prefix(f"{KEY_PREFIX}{kid}:")
+
     def drop_key_id(self, kid: str) -> int:
         """Delete every cached token signed with `kid` (after a revocation). Returns the count."""
         if self._local is not None:
