@@ -11,6 +11,7 @@ import secrets
 import threading
 import time
 import weakref
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +19,7 @@ import yaml
 
 from gateway.auth.principal import Client
 from gateway.observability.logging import audit, log_event
+from gateway.policy.lastgood import LastGoodCopy, LastGoodError, LastGoodFiles
 
 SCOPES: frozenset[str] = frozenset(
     {"tokens:mint", "viewer:assert", "keys:read", "keys:rotate", "keys:revoke"}
@@ -27,6 +29,10 @@ API_KEY_PREFIX = "pgw_"
 _CLIENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 _SHA256_HEX = re.compile(r"^[0-9a-f]{64}$")
 _RELOAD_INTERVAL_SECONDS = 1.0
+# Reads of a file that changes during every one of them give up until the next check.
+_MAX_READ_ATTEMPTS = 3
+
+FileSignature = tuple[int, int] | None
 
 logger = logging.getLogger(__name__)
 
@@ -111,25 +117,43 @@ def _parse_entry(entry: Any, where: str) -> Client:
 class ClientRegistry:
     """The clients file, reloaded when it changes. An invalid change keeps the previous clients.
 
-    Requests check the file at most once a second. A daemon thread, started by the first check
-    in each process (so every forked gunicorn worker gets its own), checks it every second as
-    well, so a worker without requests does not keep clients that were removed long ago.
+    Requests check the file at most once a second. A daemon thread checks it every second as
+    well, so a worker without requests does not keep clients that were removed long ago. The
+    thread starts in the process that serves: on the first request, or on the first read of
+    `.clients` in a process forked after construction (a gunicorn worker), never in the process
+    that built the registry.
+
+    With `last_good_dir`, every valid file loaded is copied there, and a process that rejects a
+    broken file moves to that copy when it differs from its own clients. So a worker that never
+    saw the last valid edit, or was forked from a master that loaded an older file, still drops
+    a removed key.
     """
 
-    def __init__(self, path: Path | None, *, reload_in_background: bool = True) -> None:
+    def __init__(
+        self, path: Path | None, *, last_good_dir: Path | None = None, reload_in_background: bool = True
+    ) -> None:
         self._path = path
         self._lock = threading.Lock()
-        self._signature: tuple[int, int] | None = None
+        self._signature: FileSignature = None
         self._checked_at = 0.0
         self._clients: tuple[Client, ...] = ()
+        self._digest: str | None = None
+        self._rejected = False
+        self._last_good_error: str | None = None
+        self._last_good = LastGoodCopy(last_good_dir, kind="clients") if last_good_dir is not None else None
         self._reload_in_background = reload_in_background
+        self._created_pid = os.getpid()
         self._watcher_pid: int | None = None
         self._watcher_start_lock = threading.Lock()
         if path is not None:
-            self._clients = self._load(path)
+            loaded = _read_clients_file(path)
+            self._apply(loaded)
+            self._share_last_good(path, loaded)
 
     @property
     def clients(self) -> tuple[Client, ...]:
+        if self._created_pid != os.getpid():
+            self._ensure_watcher()
         return self._clients
 
     def authenticate(self, api_key: str) -> Client | None:
@@ -147,7 +171,11 @@ class ClientRegistry:
         return found
 
     def maybe_reload(self) -> bool:
-        """Reload the file if it changed; checks at most once a second. Returns True on reload."""
+        """Reload the file if it changed; checks at most once a second. Returns True on reload.
+
+        A rejected file also counts as a reload when this process moves to the shared last-good
+        copy instead.
+        """
         if self._path is None:
             return False
         self._ensure_watcher()
@@ -156,18 +184,73 @@ class ClientRegistry:
 
         with self._lock:
             self._checked_at = time.monotonic()
-            signature = self._file_signature(self._path)
-            if signature == self._signature:
+            return self._reload_if_changed(self._path)
+
+    def _reload_if_changed(self, path: Path) -> bool:
+        signature = file_signature(path)
+        if signature == self._signature:
+            return self._rejected and self._adopt_last_good(path)
+
+        try:
+            loaded = _read_clients_file(path)
+        except ClientsFileError as error:
+            # Keep serving the previous clients, and do not read the file again until it changes.
+            self._signature = signature
+            self._rejected = True
+            audit("clients.reload", actor="file", result="rejected", reason=str(error))
+            return self._adopt_last_good(path)
+
+        self._rejected = False
+        self._share_last_good(path, loaded)
+        changed = loaded.digest != self._digest
+        self._apply(loaded)
+        if changed:
+            audit("clients.reload", actor="file", result="loaded", clients=len(loaded.clients), source="file")
+        return changed
+
+    def _apply(self, loaded: _LoadedClients) -> None:
+        self._clients = loaded.clients
+        self._digest = loaded.digest
+        self._signature = loaded.signature
+
+    def _share_last_good(self, path: Path, loaded: _LoadedClients) -> None:
+        """Copy a valid file to the shared folder, if the file still contains what was loaded."""
+        if self._last_good is None:
+            return
+        copy = LastGoodFiles(version=loaded.digest, path=str(path), sources=((str(path), loaded.data),))
+        try:
+            self._last_good.write_if_current(copy, lambda: file_signature(path) == loaded.signature)
+        except LastGoodError as error:
+            log_event(logger, "clients.last_good_failed", logging.ERROR, error=str(error))
+
+    def _adopt_last_good(self, path: Path) -> bool:
+        """Put the shared copy in force when it differs from the clients in force. Returns whether it did."""
+        if self._last_good is None:
+            return False
+        try:
+            if self._last_good.read_version(path) in (None, self._digest):
                 return False
-            try:
-                self._clients = self._load(self._path)
-            except ClientsFileError as error:
-                # Keep serving the previous clients, and do not retry until the file changes again.
-                self._signature = signature
-                audit("clients.reload", actor="file", result="rejected", reason=str(error))
+            copy = self._last_good.read(path)
+            if copy is None or len(copy.sources) != 1:
                 return False
-            audit("clients.reload", actor="file", result="loaded", clients=len(self._clients))
-            return True
+            clients = _parse_copy(copy)
+        except (LastGoodError, ClientsFileError) as error:
+            self._log_last_good_failure(str(error))
+            return False
+
+        if clients is None:
+            self._log_last_good_failure(f"the clients copy in {self._last_good.directory} does not match its digest")
+            return False
+        self._clients = clients
+        self._digest = copy.version
+        audit("clients.reload", actor="file", result="loaded", clients=len(clients), source="last-good copy")
+        return True
+
+    def _log_last_good_failure(self, message: str) -> None:
+        # The copy is looked at on every check while the file stays broken, so log each failure once.
+        if message != self._last_good_error:
+            log_event(logger, "clients.last_good_failed", logging.ERROR, error=message[:300])
+        self._last_good_error = message
 
     def _ensure_watcher(self) -> None:
         pid = os.getpid()
@@ -176,9 +259,9 @@ class ClientRegistry:
         with self._watcher_start_lock:
             if self._watcher_pid == pid:
                 return
-            # A parent's thread may have held the reload lock at the moment of the fork, and
+            # A thread of the parent may have held the reload lock at the moment of the fork, and
             # nothing in this process would ever release it, so a forked child takes a fresh lock.
-            if self._watcher_pid is not None:
+            if self._watcher_pid is not None or self._created_pid != pid:
                 self._lock = threading.Lock()
             thread = threading.Thread(
                 target=_watch_clients_file, args=(weakref.ref(self),), name="clients-reload", daemon=True
@@ -186,25 +269,64 @@ class ClientRegistry:
             thread.start()
             self._watcher_pid = pid
 
-    def _load(self, path: Path) -> tuple[Client, ...]:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except OSError as error:
-            raise ClientsFileError(
-                f"GATEWAY_CLIENTS_FILE {path} cannot be read: {error.strerror}"
-            ) from None
-        self._signature = self._file_signature(path)
-        clients = parse_clients(text, source=str(path))
-        log_event(logger, "clients.loaded", path=str(path), clients=len(clients))
-        return clients
 
-    @staticmethod
-    def _file_signature(path: Path) -> tuple[int, int] | None:
-        try:
-            stat = path.stat()
-        except OSError:
-            return None
-        return stat.st_mtime_ns, stat.st_size
+@dataclass(frozen=True)
+class _LoadedClients:
+    """A valid clients file: its clients, its bytes with their SHA-256, and its signature when read."""
+
+    clients: tuple[Client, ...]
+    data: bytes
+    digest: str
+    signature: FileSignature
+
+
+def _read_clients_file(path: Path) -> _LoadedClients:
+    """Read and parse the clients file. Raises ClientsFileError.
+
+    The signature is taken before and after reading, and the read repeated when they differ:
+    a signature recorded after an edit that landed mid-read would belong to content never
+    parsed, and the edit would never be loaded.
+    """
+    for _ in range(_MAX_READ_ATTEMPTS):
+        before = file_signature(path)
+        data = _read_bytes(path)
+        if file_signature(path) == before:
+            break
+    else:
+        # The file kept changing: the next check sees a new signature and reads it again.
+        before = None
+
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ClientsFileError(f"{path}: invalid UTF-8; save the file as UTF-8") from None
+    clients = parse_clients(text, source=str(path))
+    log_event(logger, "clients.loaded", path=str(path), clients=len(clients))
+    return _LoadedClients(clients=clients, data=data, digest=hashlib.sha256(data).hexdigest(), signature=before)
+
+
+def _read_bytes(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as error:
+        raise ClientsFileError(f"GATEWAY_CLIENTS_FILE {path} cannot be read: {error.strerror}") from None
+
+
+def _parse_copy(copy: LastGoodFiles) -> tuple[Client, ...] | None:
+    """Return the clients in the shared copy, or None when its bytes do not match its digest."""
+    _, data = copy.sources[0]
+    if hashlib.sha256(data).hexdigest() != copy.version:
+        return None
+    return parse_clients(data.decode("utf-8", errors="replace"), source=f"last-good copy of {copy.path}")
+
+
+def file_signature(path: Path) -> FileSignature:
+    """Return the file's (mtime in ns, size), or None when it cannot be read."""
+    try:
+        stat = path.stat()
+    except OSError:
+        return None
+    return stat.st_mtime_ns, stat.st_size
 
 
 def _watch_clients_file(registry_ref: weakref.ref[ClientRegistry]) -> None:

@@ -15,7 +15,6 @@ import dataclasses
 import fcntl
 import json
 import logging
-import math
 import os
 import socket
 import tempfile
@@ -42,9 +41,13 @@ from gateway.redis_client import connect
 
 KEYRING_FORMAT = 1
 KEYRING_FILE = "keyring.json"
+RETIRED_FILE = "keyring-retired.json"
 REDIS_PREFIX = "pgw:{keyring}:"  # one hash tag, so every key lands in one Redis Cluster slot
 REDIS_CHANNEL = "pgw:keyring:changes"
 _UPDATE_ATTEMPTS = 20
+# Retry-After for a held rotation lock. A rotation takes about a second, so the lock's remaining
+# lifetime (up to its whole TTL) would tell callers to wait far longer than needed.
+LOCK_RETRY_AFTER_SECONDS = 5
 _STATES = ("active", "retiring", "revoked")
 
 logger = logging.getLogger(__name__)
@@ -196,6 +199,12 @@ class KeyringState:
         )
 
 
+def retired_by(current: KeyringState, stored: KeyringState) -> set[str]:
+    """Return the key ids that the write of `stored` over `current` revokes or removes."""
+    revoked = {record.kid for record in stored.keys if record.state == "revoked"}
+    return revoked | (current.held_ids() - stored.held_ids())
+
+
 def _optional_int(value: Any) -> int | None:
     if value is None or isinstance(value, bool):
         return None
@@ -206,7 +215,12 @@ Change = Callable[[KeyringState], "KeyringState | None"]
 
 
 class KeyringStore(ABC):
-    """Storage of the keyring. Every method raises KeyringUnavailableError when storage fails."""
+    """Storage of the keyring. Every method raises KeyringUnavailableError when storage fails.
+
+    Next to the keyring each store keeps the set of retired key ids: every key a write revoked or
+    removed. It lives apart from the keyring document and only grows, so it outlasts a lost or
+    rolled-back keyring and tells a process that its copy of the keyring is out of date.
+    """
 
     where: str
 
@@ -225,8 +239,17 @@ class KeyringStore(ABC):
         The stored version is at least `min_version`, so a keyring restored after Redis lost it
         never reuses a version that replicas have already loaded. `change` returns None to leave
         the keyring as it is. It may run more than once when another writer got in first, so it
-        must not have side effects.
+        must not have side effects. The write adds `retired_by(current, stored)` to the retired
+        key ids in the same atomic step.
         """
+
+    @abstractmethod
+    def retired_kids(self) -> set[str]:
+        """Return the ids of every key that a write revoked or removed."""
+
+    @abstractmethod
+    def record_retired(self, kids: set[str]) -> None:
+        """Add `kids` to the retired key ids, for example after a rollback of the storage lost them."""
 
     @abstractmethod
     def acquire_lock(self, owner: str, ttl_seconds: int) -> None:
@@ -282,11 +305,22 @@ class RedisKeyringStore(KeyringStore):
     """The keyring in Redis: a JSON document, its version, the lock, and a change channel."""
 
     # Compare-and-set: write the document only if the version is still the one that was read.
+    # When only the version key was lost, the document's own version is the one `read` returned.
+    # ARGV[5] onwards are the key ids that this write retires.
     _CAS_SCRIPT = """
 local current = redis.call('GET', KEYS[2])
-if (current or '0') ~= ARGV[1] then return 0 end
+if not current then
+  local document = redis.call('GET', KEYS[1])
+  current = '0'
+  if document then
+    local version = cjson.decode(document)['version']
+    if type(version) == 'number' then current = string.format('%d', version) end
+  end
+end
+if current ~= ARGV[1] then return 0 end
 redis.call('SET', KEYS[1], ARGV[2])
 redis.call('SET', KEYS[2], ARGV[3])
+if #ARGV > 4 then redis.call('SADD', KEYS[3], unpack(ARGV, 5)) end
 redis.call('PUBLISH', ARGV[4], ARGV[3])
 return 1
 """
@@ -308,6 +342,7 @@ return 0
         self._state_key = REDIS_PREFIX + "state"
         self._version_key = REDIS_PREFIX + "version"
         self._lock_key = REDIS_PREFIX + "lock"
+        self._retired_key = REDIS_PREFIX + "retired"
         self._last_error_logged = 0.0
 
     def __repr__(self) -> str:
@@ -326,15 +361,18 @@ return 0
         """Return the stored version, or 0 when the keyring document is missing.
 
         Reporting 0 for a missing document makes every provider re-read the keyring when only
-        the document was lost, so it notices the loss.
+        the document was lost, so it notices the loss. A document without its version key
+        reports the document's own version, as `read` and compare-and-set writes use it.
         """
         with self._errors("version"):
             pipeline = self._redis.pipeline(transaction=False)
             pipeline.get(self._version_key)
             pipeline.exists(self._state_key)
             raw, state_exists = pipeline.execute()
-        if raw is None or not state_exists:
+        if not state_exists:
             return 0
+        if raw is None:
+            return self.read().version
         return int(raw)
 
     def update(self, change: Change, *, min_version: int = 0) -> KeyringState:
@@ -344,10 +382,12 @@ return 0
             if proposed is None:
                 return current
             stored = dataclasses.replace(proposed, version=max(current.version + 1, min_version))
+            retired = sorted(retired_by(current, stored))
             with self._errors("update"):
                 written = self._redis.eval(
-                    self._CAS_SCRIPT, 2, self._state_key, self._version_key,
+                    self._CAS_SCRIPT, 3, self._state_key, self._version_key, self._retired_key,
                     str(current.version), stored.to_json(), str(stored.version), REDIS_CHANNEL,
+                    *retired,
                 )
             if written == 1:
                 return stored
@@ -356,16 +396,25 @@ return 0
             retry_after=1,
         )
 
+    def retired_kids(self) -> set[str]:
+        with self._errors("read"):
+            members = self._redis.smembers(self._retired_key)
+        return {member.decode() if isinstance(member, bytes) else str(member) for member in members}
+
+    def record_retired(self, kids: set[str]) -> None:
+        if not kids:
+            return
+        with self._errors("update"):
+            self._redis.sadd(self._retired_key, *sorted(kids))
+
     def acquire_lock(self, owner: str, ttl_seconds: int) -> None:
         with self._errors("lock"):
             taken = self._redis.set(self._lock_key, owner, nx=True, px=ttl_seconds * 1000)
-            if taken:
-                return
-            remaining_ms = self._redis.pttl(self._lock_key)
-        retry_after = max(1, math.ceil(remaining_ms / 1000)) if remaining_ms and remaining_ms > 0 else 1
+        if taken:
+            return
         raise RotationInProgressError(
             "another gateway process is changing keys right now; retry when it has finished",
-            retry_after=retry_after,
+            retry_after=LOCK_RETRY_AFTER_SECONDS,
         )
 
     def extend_lock(self, owner: str, ttl_seconds: int) -> bool:
@@ -439,6 +488,7 @@ class FileKeyringStore(KeyringStore):
     def __init__(self, data_dir: Path) -> None:
         self._dir = data_dir
         self.path = data_dir / KEYRING_FILE
+        self._retired_path = data_dir / RETIRED_FILE
         self._mutex_path = data_dir / "keyring.lock"
         self._lock_path = data_dir / "rotation.lock"
         self.where = str(self.path)
@@ -473,8 +523,44 @@ class FileKeyringStore(KeyringStore):
             if proposed is None:
                 return current
             stored = dataclasses.replace(proposed, version=max(current.version + 1, min_version))
+            # Retired ids first: a crash between the two writes then leaves an extra retired id
+            # for a key that is still held, which only blocks writing back this old copy.
+            self._add_retired(retired_by(current, stored))
             self._write_atomically(self.path, stored.to_json().encode())
             return stored
+
+    def retired_kids(self) -> set[str]:
+        try:
+            text = self._retired_path.read_text(encoding="utf-8")
+        except FileNotFoundError:
+            return set()
+        except OSError as error:
+            raise KeyringUnavailableError(
+                f"the retired key file {self._retired_path} cannot be read: {error.strerror}", retry_after=5
+            ) from None
+        try:
+            document = json.loads(text)
+        except ValueError:
+            raise KeyringConfigError(f"the retired key file {self._retired_path} is not valid JSON") from None
+        kids = document.get("retired") if isinstance(document, dict) else None
+        if not isinstance(kids, list) or not all(isinstance(kid, str) for kid in kids):
+            raise KeyringConfigError(
+                f"the retired key file {self._retired_path} must hold {{\"retired\": [key ids]}}"
+            )
+        return set(kids)
+
+    def record_retired(self, kids: set[str]) -> None:
+        if not kids:
+            return
+        with self._mutex():
+            self._add_retired(kids)
+
+    def _add_retired(self, kids: set[str]) -> None:
+        known = self.retired_kids()
+        if kids <= known:
+            return
+        document = json.dumps({"retired": sorted(known | kids)}).encode()
+        self._write_atomically(self._retired_path, document)
 
     def acquire_lock(self, owner: str, ttl_seconds: int) -> None:
         with self._mutex():
@@ -483,7 +569,7 @@ class FileKeyringStore(KeyringStore):
             if holder is not None and holder != owner and expires_at > now:
                 raise RotationInProgressError(
                     "another gateway process is changing keys right now; retry when it has finished",
-                    retry_after=max(1, math.ceil(expires_at - now)),
+                    retry_after=LOCK_RETRY_AFTER_SECONDS,
                 )
             self._write_lock(owner, now + ttl_seconds)
 

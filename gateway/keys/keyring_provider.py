@@ -7,9 +7,10 @@ Each private key is decrypted and parsed once per process, when its record first
 
 A provider never loads a keyring whose version went backwards, or an empty keyring after one
 that held keys: that means the storage lost the keyring (Redis restarted without persistence,
-an eviction, FLUSHALL). It keeps signing with its last good snapshot, reports the loss in
-`warnings()`, and writes that snapshot back under the rotation lock, so the keyring heals itself
-as long as one process still holds it.
+an eviction, FLUSHALL, a rollback to an old copy). It keeps signing with its last good snapshot,
+reports the loss in `warnings()`, and writes that snapshot back under the rotation lock, so the
+keyring heals itself as long as one process still holds it. A snapshot whose active key is among
+the store's retired key ids is out of date and is never written back (see `_without_retired`).
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from gateway.keys.errors import (
     KeyManagementError,
@@ -260,6 +261,7 @@ class KeyringProvider:
         )
         self._log_regression(state)
 
+        self._share_retired_kids()
         restored = self._restore(self._last_good)
         if restored is None:
             return False
@@ -282,8 +284,19 @@ class KeyringProvider:
             stored_keys=len(state.keys), loaded_keys=len(self._last_good.keys),
         )
 
+    def _share_retired_kids(self) -> None:
+        """Add the keys this process saw retired to the store's retired key ids.
+
+        A storage rollback also rolls back those ids, and a process that loaded the old keyring
+        checks them before it writes its out-of-date copy back.
+        """
+        try:
+            self.store.record_retired(set(self._retired_kids))
+        except KeyringUnavailableError as error:
+            log_event(logger, "keyring.restore_failed", logging.ERROR, error=error.message)
+
     def _restore(self, snapshot: KeyringState) -> KeyringState | None:
-        """Write `snapshot` back when the stored keyring is empty, or older and holds no key it lacks.
+        """Write `snapshot` back when `_restorable` allows it over the stored keyring.
 
         Runs under the rotation lock, so it never races a rotation, and compare-and-set, so it
         never overwrites a keyring another process wrote meanwhile. Returns the stored state,
@@ -292,9 +305,18 @@ class KeyringProvider:
         actor = f"keyring-provider:{os.getpid()}"
         written: list[bool] = []
 
+        outdated: list[str] = []
+
         def restore_if_allowed(current: KeyringState) -> KeyringState | None:
             written.clear()
-            restored = _restorable(current, snapshot)
+            outdated.clear()
+            retired = self._retired_kids | self.store.retired_kids()
+            merged = _without_retired(snapshot, retired)
+            if merged is None:
+                outdated.append(snapshot.active().kid)  # type: ignore[union-attr]
+                restored = None
+            else:
+                restored = _restorable(current, merged, retired)
             written.append(restored is not None)
             return restored
 
@@ -308,6 +330,9 @@ class KeyringProvider:
             log_event(logger, "keyring.restore_failed", logging.ERROR, error=error.message)
             return None
 
+        if outdated:
+            self._note_outdated(outdated)
+            return None
         if written != [True]:
             # Another process restored or rotated meanwhile; the next check loads its keyring.
             return None
@@ -317,6 +342,16 @@ class KeyringProvider:
             key_ids=sorted(stored.held_ids()), where=self.store.where,
         )
         return stored
+
+    def _note_outdated(self, kids: list[str]) -> None:
+        """Extend the warning: this copy is older than what other processes wrote, so it stays unwritten."""
+        self._regression = (
+            f"{self._regression}. This process does not write back its copy (version "
+            f"{self._snapshot.version}) because its active key {', '.join(kids)} was revoked or "
+            "retired by another process, so the copy is out of date. Restart this process once "
+            "the keyring is restored"
+        )
+        log_event(logger, "keyring.restore_skipped", logging.ERROR, version=self._snapshot.version, key_ids=kids)
 
     def _apply(self, state: KeyringState) -> None:
         if state.check is not None:
@@ -418,14 +453,31 @@ class KeyringProvider:
             log_event(logger, "keyring.refresh_failed", logging.ERROR, error=str(error))
 
 
-def _restorable(current: KeyringState, snapshot: KeyringState) -> KeyringState | None:
+def _without_retired(snapshot: KeyringState, retired: set[str]) -> KeyringState | None:
+    """Return `snapshot` without its retiring keys that are in `retired`, or None when its active
+    key is in `retired`.
+
+    A process that missed the last writes before a loss may hold a key retired since, which is
+    dropped so it cannot come back. A copy whose active key was retired is older than what
+    another process wrote: writing it back would sign with a key Mux may have deleted.
+    """
+    active = snapshot.active()
+    if active is not None and active.kid in retired:
+        return None
+    kept = tuple(record for record in snapshot.keys if record.state == "revoked" or record.kid not in retired)
+    return replace(snapshot, keys=kept)
+
+
+def _restorable(current: KeyringState, snapshot: KeyringState, retired: set[str]) -> KeyringState | None:
     """Return `snapshot` when it may replace `current`, else None to leave the keyring alone.
 
-    A keyring that holds keys the snapshot lacks was written by someone who never saw the
-    snapshot, for example a rotation after the loss; overwriting it would drop those keys.
+    `retired` contains the keys known to be revoked or removed. An older keyring may hold such
+    keys (a storage rollback brings back keys revoked since), and dropping them loses nothing.
+    A key that is neither in the snapshot nor retired was written by someone who never saw the
+    snapshot, for example a rotation after the loss, so the keyring that holds it is kept.
     """
     if not current.keys:
         return snapshot
-    if current.version < snapshot.version and current.held_ids() <= snapshot.held_ids():
+    if current.version < snapshot.version and current.held_ids() - snapshot.held_ids() <= retired:
         return snapshot
     return None

@@ -1,12 +1,13 @@
-"""A copy of the last valid policy, shared by the gunicorn workers through the data directory.
+"""A copy of the last valid version of watched files, shared by gunicorn workers via the data directory.
 
-A worker that rejects a broken policy file keeps the version it runs, and that may be older than
-the version another worker loaded just before the file broke. The copy lets such a worker move
-to the last valid version instead, so all workers converge.
+A worker that rejects a broken file keeps the version it runs, and that may be older than the
+version another worker loaded just before the file broke. The copy lets such a worker move to
+the last valid version instead, so all workers converge. The policy store keeps one copy per
+policy role (`live`, `shadow`) and the clients registry one for the clients file.
 
-Layout, one folder per policy role (`live`, `shadow`): `.lock` for flock, `current/meta.json`
-with the version, the policy path and the original file names, and `current/0000`, `0001`, ...
-with each file's bytes in load order. Writers take the lock exclusively and readers shared, so
+Layout of one copy's folder: `.lock` for flock, `current/meta.json` with the version, the source
+path and the original file names, and `current/0000`, `0001`, ... with each file's bytes in load
+order. Writers take the lock exclusively and readers shared, so
 a reader never sees a half-replaced copy.
 """
 
@@ -38,19 +39,24 @@ class LastGoodError(OSError):
 
 
 @dataclass(frozen=True)
-class LastGoodPolicy:
-    """The shared copy: its version, the policy path it came from and its files' bytes in order."""
+class LastGoodFiles:
+    """The shared copy: its version, the path it came from and its files' bytes in order."""
 
     version: str
     path: str
     sources: tuple[tuple[str, bytes], ...]
 
 
-class LastGoodCopy:
-    """The shared copy of one policy role under `directory`."""
+# The policy store's name for the shared copy, kept for its callers.
+LastGoodPolicy = LastGoodFiles
 
-    def __init__(self, directory: Path) -> None:
+
+class LastGoodCopy:
+    """The shared copy under `directory`. `kind` names the files in log events and errors."""
+
+    def __init__(self, directory: Path, kind: str = "policy") -> None:
         self.directory = directory
+        self.kind = kind
 
     def read_version(self, path: Path) -> str | None:
         """Return the version of the copy made from `path`, or None when there is no such copy."""
@@ -61,7 +67,7 @@ class LastGoodCopy:
         version = meta.get("version")
         return version if isinstance(version, str) else None
 
-    def read(self, path: Path) -> LastGoodPolicy | None:
+    def read(self, path: Path) -> LastGoodFiles | None:
         """Return the copy made from `path`, or None when there is none. Raises LastGoodError."""
         with self._locked(fcntl.LOCK_SH):
             meta = self._read_meta()
@@ -76,13 +82,13 @@ class LastGoodCopy:
                     (str(name), (self._current / f"{index:04d}").read_bytes()) for index, name in enumerate(names)
                 )
             except OSError as error:
-                raise LastGoodError(f"failed to read the policy copy in {self._current}: {error}") from None
-        return LastGoodPolicy(version=version, path=str(path), sources=sources)
+                raise LastGoodError(f"failed to read the {self.kind} copy in {self._current}: {error}") from None
+        return LastGoodFiles(version=version, path=str(path), sources=sources)
 
-    def write_if_current(self, copy: LastGoodPolicy, is_current: Callable[[], bool]) -> bool:
+    def write_if_current(self, copy: LastGoodFiles, is_current: Callable[[], bool]) -> bool:
         """Replace the copy with `copy` if `is_current()` is still true under the lock.
 
-        `is_current` checks that the policy files still contain what `copy` was loaded from. Without
+        `is_current` checks that the source files still contain what `copy` was loaded from. Without
         that check, a worker that loaded a version just before a newer one was written could
         replace the newer copy with its older one. Returns whether the copy was written.
         Raises LastGoodError.
@@ -94,7 +100,7 @@ class LastGoodCopy:
             if meta is not None and meta.get("version") == copy.version and meta.get("path") == copy.path:
                 return False
             self._replace(copy)
-        log_event(logger, "policy.last_good_written", directory=str(self.directory), version=copy.version)
+        log_event(logger, f"{self.kind}.last_good_written", directory=str(self.directory), version=copy.version)
         return True
 
     @property
@@ -110,7 +116,7 @@ class LastGoodCopy:
             raise LastGoodError(f"failed to read {self._current / _META_FILE}: {error}") from None
         return meta if isinstance(meta, dict) else None
 
-    def _replace(self, copy: LastGoodPolicy) -> None:
+    def _replace(self, copy: LastGoodFiles) -> None:
         # Leftovers of a writer that died mid-way are safe to remove: every writer holds the lock.
         for leftover in self.directory.glob(".staging-*"):
             shutil.rmtree(leftover, ignore_errors=True)
@@ -127,7 +133,7 @@ class LastGoodCopy:
                 self._current.rename(retired)
             staging.rename(self._current)
         except OSError as error:
-            raise LastGoodError(f"failed to write the policy copy in {self.directory}: {error}") from None
+            raise LastGoodError(f"failed to write the {self.kind} copy in {self.directory}: {error}") from None
         finally:
             shutil.rmtree(staging, ignore_errors=True)
             shutil.rmtree(retired, ignore_errors=True)

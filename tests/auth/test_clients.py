@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import time
@@ -17,6 +18,7 @@ from gateway.auth.clients import (
     parse_clients,
 )
 from gateway.auth.principal import Client
+from gateway.policy.lastgood import LastGoodCopy, LastGoodFiles
 
 BFF_KEY = "pgw_mobile-bff-test-key"
 SECURITY_KEY = "pgw_security-test-key"
@@ -217,3 +219,86 @@ def test_idle_registry_reloads_in_background(tmp_path: Path) -> None:
         time.sleep(0.05)
 
     assert [client.id for client in registry.clients] == ["security-team"]
+
+
+def test_rejecting_worker_moves_to_last_good(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "clients.yaml"
+    shared = tmp_path / "clients-last-good"
+    write_clients(path, clients_yaml(
+        ("mobile-bff", BFF_KEY, ["tokens:mint"]),
+        ("security-team", SECURITY_KEY, ["keys:read"]),
+    ))
+    # Two registries on one data directory stand for two gunicorn workers.
+    first = ClientRegistry(path, last_good_dir=shared, reload_in_background=False)
+    second = ClientRegistry(path, last_good_dir=shared, reload_in_background=False)
+
+    # The first worker checks between the edit that removes security-team and a broken edit,
+    # the second only after the broken edit.
+    write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
+    time.sleep(1.1)
+    assert first.authenticate(SECURITY_KEY) is None
+    write_clients(path, "clients: [broken\n")
+    time.sleep(1.1)
+    with caplog.at_level(logging.INFO, logger="gateway.audit"):
+        removed = second.authenticate(SECURITY_KEY)
+
+    assert removed is None
+    assert [client.id for client in second.clients] == ["mobile-bff"]
+    assert first.authenticate(SECURITY_KEY) is None
+    assert [client.id for client in first.clients] == ["mobile-bff"]
+    audits = [(record.result, getattr(record, "source", None))
+              for record in caplog.records if getattr(record, "event", "") == "audit.clients.reload"]
+    assert audits == [("rejected", None), ("loaded", "last-good copy")]
+
+
+def test_stale_fork_moves_to_last_good(tmp_path: Path) -> None:
+    path = tmp_path / "clients.yaml"
+    shared = tmp_path / "clients-last-good"
+    write_clients(path, clients_yaml(
+        ("mobile-bff", BFF_KEY, ["tokens:mint"]),
+        ("security-team", SECURITY_KEY, ["keys:read"]),
+    ))
+    # The registry built at start-up, as a gunicorn master builds it before forking workers.
+    at_start_up = ClientRegistry(path, last_good_dir=shared, reload_in_background=False)
+    write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
+    running = ClientRegistry(path, last_good_dir=shared, reload_in_background=False)
+    write_clients(path, "clients: [broken\n")
+    time.sleep(1.1)
+
+    assert at_start_up.authenticate(SECURITY_KEY) is None
+    assert [client.id for client in at_start_up.clients] == ["mobile-bff"]
+    assert [client.id for client in running.clients] == ["mobile-bff"]
+
+
+def test_rejected_file_keeps_clients_without_copy(tmp_path: Path) -> None:
+    path = tmp_path / "clients.yaml"
+    shared = tmp_path / "clients-last-good"
+    write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
+    registry = ClientRegistry(path, last_good_dir=shared, reload_in_background=False)
+
+    write_clients(path, "clients: [broken\n")
+    time.sleep(1.1)
+    assert registry.maybe_reload() is False
+
+    assert [client.id for client in registry.clients] == ["mobile-bff"]
+    assert LastGoodCopy(shared, kind="clients").read_version(path) == hashlib.sha256(
+        clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])).encode()
+    ).hexdigest()
+
+
+def test_damaged_copy_is_not_adopted(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = tmp_path / "clients.yaml"
+    shared = tmp_path / "clients-last-good"
+    write_clients(path, clients_yaml(("mobile-bff", BFF_KEY, ["tokens:mint"])))
+    registry = ClientRegistry(path, last_good_dir=shared, reload_in_background=False)
+    damaged = LastGoodFiles(version="0" * 64, path=str(path), sources=((str(path), b"clients: []\n"),))
+    assert LastGoodCopy(shared, kind="clients").write_if_current(damaged, lambda: True) is True
+
+    write_clients(path, "clients: [broken\n")
+    time.sleep(1.1)
+    with caplog.at_level(logging.INFO):
+        assert registry.maybe_reload() is False
+
+    assert [client.id for client in registry.clients] == ["mobile-bff"]
+    failures = [record.error for record in caplog.records if getattr(record, "event", "") == "clients.last_good_failed"]
+    assert failures == [f"the clients copy in {shared} does not match its digest"]
