@@ -53,7 +53,7 @@ def _wait_healthy(url: str, process: subprocess.Popen[bytes], timeout: float = 3
             return
         except requests.RequestException:
             time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout} s")
+    raise RuntimeError(f"{url} did not respond within {timeout} s")
 
 
 def _children(pid: int) -> list[Path]:
@@ -112,7 +112,11 @@ def _percentile(output: str, label: str) -> float:
     if match is None:
         return float("nan")
     value, unit = float(match.group(1)), match.group(2)
-    return round(value / 1000 if unit == "us" else value * 1000 if unit == "s" else value, 3)
+    if unit == "us":
+        value /= 1000
+    elif unit == "s":
+        value *= 1000
+    return round(value, 3)
 
 
 class Server:

@@ -171,7 +171,7 @@ def _register_hooks(app: Flask) -> None:
         if request_id:
             response.headers["X-Request-Id"] = request_id
         if request.method == "OPTIONS" and response.status_code == 200 and not response.get_data():
-            # Flask answers OPTIONS itself with an empty 200 text/html page; 204 with Allow is the norm.
+            # Flask replies to OPTIONS itself with an empty 200 text/html page, but 204 with Allow is the norm.
             response.status_code = 204
             response.headers.pop("Content-Type", None)
         response.headers.setdefault("Cache-Control", "no-store")

@@ -129,10 +129,9 @@ def _serve(args: argparse.Namespace, out: TextIO) -> int:
 
     prepare_metrics_dir()
 
-    # The app is built once here, in the gunicorn master: a bad setting stops start-up with its
-    # message before any worker forks, and every worker, including one that replaces a crashed
-    # worker later, starts from this validated state rather than re-reading files that may have
-    # been broken since.
+    # The app is built once here, in the gunicorn master, so a bad setting stops start-up with its
+    # message before any worker forks. Every worker, including one that replaces a crashed worker
+    # later, then starts from this validated state instead of re-reading files broken since.
     gateway = _build(out, log_level=_settings_log_level())
     if gateway is None:
         return EXIT_STARTUP

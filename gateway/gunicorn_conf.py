@@ -164,8 +164,8 @@ def post_worker_init(worker: Any) -> None:
     from gateway.app import publish_state_metrics
     from gateway.observability.logging import log_event
 
-    # NOTE: gunicorn offers no hook for the errors it writes itself, so its writer is replaced;
-    # the signature is gunicorn.util.write_error(sock, status_int, reason, mesg) as of gunicorn 27.
+    # NOTE: gunicorn offers no hook for the errors it writes itself, so its writer is replaced.
+    # This relies on gunicorn.util.write_error(sock, status_int, reason, mesg), as in gunicorn 27.
     gunicorn.util.write_error = write_problem_error
     publish_state_metrics(worker.wsgi.extensions["gateway"])
     log_event(logging.getLogger("gateway"), "worker.started")

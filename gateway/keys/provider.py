@@ -1,4 +1,4 @@
-"""Where the signer gets its keys: the one active key, and older keys still valid at Mux.
+"""Key providers: the source of the one active signing key and of older keys still valid at Mux.
 
 `StaticKeyProvider` serves the key from MUX_SIGNING_KEY/MUX_PRIVATE_KEY or the embedded dev
 key. The keyring-backed provider in `gateway.keys.keyring` implements the same interface.
@@ -33,7 +33,7 @@ class NoSigningKeyError(RuntimeError):
 
 @dataclass(frozen=True)
 class KeyInfo:
-    """What may be shown about a held key: never key material."""
+    """The public facts of a held key, never key material."""
 
     kid: str
     state: KeyState

@@ -165,7 +165,7 @@ class TokenCache:
     def drop_local_key_id(self, kid: str) -> None:
         """Forget this process's in-memory copies of tokens signed with `kid`.
 
-        Every process calls this when it hears of a revocation; only the process that ran the
+        Every process calls this when it learns of a revocation. Only the process that ran the
         revocation also deletes the shared entries (drop_key_id), so Redis is scanned once.
         """
         if self._local is not None:
