@@ -89,7 +89,9 @@ def build_services(settings: Settings) -> Services:
         raise StartupError(str(error)) from None
 
     try:
-        clients = ClientRegistry(settings.clients_file)
+        # Like the policy, the last valid clients file is shared, so a revoked key stops working
+        # in every worker even if some of them only saw a broken edit after the revocation.
+        clients = ClientRegistry(settings.clients_file, last_good_dir=settings.data_dir / "clients-last-good")
     except ClientsFileError as error:
         raise StartupError(str(error)) from None
 

@@ -167,7 +167,10 @@ def post_worker_init(worker: Any) -> None:
     # NOTE: gunicorn offers no hook for the errors it writes itself, so its writer is replaced.
     # This relies on gunicorn.util.write_error(sock, status_int, reason, mesg), as in gunicorn 27.
     gunicorn.util.write_error = write_problem_error
-    publish_state_metrics(worker.wsgi.extensions["gateway"])
+    gateway = worker.wsgi.extensions["gateway"]
+    publish_state_metrics(gateway)
+    # An idle worker also follows edits of the clients file, not only one that gets requests.
+    gateway.clients.start_reload_thread()
     log_event(logging.getLogger("gateway"), "worker.started")
 
 

@@ -156,6 +156,15 @@ class ClientRegistry:
             self._ensure_watcher()
         return self._clients
 
+    def start_reload_thread(self) -> None:
+        """Start this process's reload thread now, for a gunicorn worker that may get no requests.
+
+        Call it in the worker after the fork, never in the process that forks: the thread would
+        not survive the fork, and the master has no use for the clients.
+        """
+        if self._path is not None:
+            self._ensure_watcher()
+
     def authenticate(self, api_key: str) -> Client | None:
         """Return the client whose key hashes to `api_key`'s SHA-256, else None.
 

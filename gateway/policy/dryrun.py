@@ -2,14 +2,31 @@
 
 CEL as used here is dynamically typed, so `when: "content.playback_id"` (a string) or
 `when: "viewer.entitlements + 1"` compile, then fail on every request and the rule never matches.
-The dry run evaluates each condition with sample values of every documented variable and rejects
-a condition that returns a non-boolean for any sample, or fails with a type error for all of
-them. A condition that fails on some samples only (a missing map key, say) depends on data and
-is allowed.
+
+Before the dry run, two checks read the expression itself. The fields of `viewer`, `request`
+and `content` are known at load time, because `content` has `playback_id` plus every catalog
+attribute (defaults included). So a field outside them is a typo. It would fail with a missing
+key on every request, and a deny rule using it would never deny. Keys under `viewer.claims` are
+not checked, because JWT claims differ between viewers. The second check rejects
+`field == literal` and `field != literal` where no value the field can take has the literal's
+type. CEL returns false (or true) for every such request instead of failing, as in
+`content.tier == 1` with string tiers or `viewer.entitlements == "premium"`.
+
+The dry run then evaluates each condition with sample values of every documented variable. It
+rejects a condition that returns a non-boolean for any sample, or fails with a type error for
+all of them. A missing key is allowed even when every sample fails with it. The field check has
+already caught typos in `variable.field` selections, so such a key is most likely one that
+depends on data, such as a claim under `viewer.claims`.
+
+NOTE: both expression checks read `root.field` selections only. Index syntax
+(`viewer["entitlement"]`), fields reached through a macro variable, and comparisons whose
+operand is more than a bare field or literal are left to the dry run.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -17,7 +34,7 @@ from typing import Any
 import cel
 
 from gateway.auth.principal import Viewer
-from gateway.policy.conditions import NotBooleanError
+from gateway.policy.conditions import _STRING_LITERAL, NotBooleanError, _macro_bound_names
 from gateway.policy.engine import Policy, Rule
 from gateway.policy.model import DecisionInput
 from gateway.policy.problems import ProblemCollector
@@ -45,6 +62,42 @@ _SAMPLE_REQUESTS: tuple[dict[str, Any], ...] = (
 )
 
 
+# The fields of the `viewer` and `request` variables, with the CEL types their values can have.
+# The engine builds both maps with exactly these keys for every request.
+_FIXED_FIELD_TYPES: dict[str, dict[str, frozenset[str]]] = {
+    "viewer": {
+        "id": frozenset({"a string", "null"}),
+        "authenticated": frozenset({"a bool"}),
+        "entitlements": frozenset({"a list"}),
+        "claims": frozenset({"a map"}),
+    },
+    "request": {
+        "audiences": frozenset({"a list"}),
+        "country": frozenset({"a string"}),
+        "client": frozenset({"a string", "null"}),
+        "origin": frozenset({"a string", "null"}),
+    },
+}
+
+# String literals are blanked with this character, which CEL source cannot contain, so the
+# patterns below never match text inside a string and keep the literals' offsets.
+_MASK = "\x00"
+_FIELD = re.compile(r"(?<![\w.\x00])(viewer|request|content)\s*\.\s*([A-Za-z_]\w*)")
+_LITERAL = r"(?:\x00+|-?\d+(?:\.\d+)?(?:[eE][+-]?\d+)?[uU]?|true|false|null)(?![\w.])"
+_FIELD_OPERAND = r"(?<![\w.\x00])(?:viewer|request|content)\s*\.\s*[A-Za-z_]\w*(?![\w.(\[])"
+# A comparison whose operands are exactly a field and a literal: the text before it may only be
+# the start or an operator of lower precedence, and so may the text after it.
+_BEFORE = r"(?:^|(?<=[(\[,?:])|(?<=&&)|(?<=\|\|))\s*"
+_AFTER = r"\s*(?=$|[)\],?:}]|&&|\|\|)"
+_FIELD_FIRST = re.compile(
+    _BEFORE + rf"(?P<field>{_FIELD_OPERAND})\s*(?P<operator>==|!=)\s*(?P<literal>{_LITERAL})" + _AFTER
+)
+_LITERAL_FIRST = re.compile(
+    _BEFORE + rf"(?P<literal>{_LITERAL})\s*(?P<operator>==|!=)\s*(?P<field>{_FIELD_OPERAND})" + _AFTER
+)
+_NUMBER_TYPES = frozenset({"an int", "a uint", "a double"})
+
+
 @dataclass(frozen=True)
 class _Sample:
     description: str
@@ -57,11 +110,94 @@ def check_conditions_by_dry_run(policy: Policy, problems: ProblemCollector) -> N
     if not rules:
         return
 
+    field_types = _field_types(policy)
     samples = _build_samples(policy)
     for rule in rules:
-        message = _dry_run(rule, samples)
+        message = _check_expression(rule, field_types) or _dry_run(rule, samples)
         if message is not None:
             problems.add(rule.file, rule.when_line or rule.line, rule.name, f"when: {message}")
+
+
+def _field_types(policy: Policy) -> dict[str, dict[str, frozenset[str]]]:
+    """Return the fields of each variable that has fields, with the CEL types of their values."""
+    content: dict[str, set[str]] = {"playback_id": {"a string"}}
+    # Content missing from the catalog gets the defaults, so every default is a possible value.
+    for attributes in (policy.attribute_defaults, *policy.catalog.values()):
+        for name, value in attributes.items():
+            content.setdefault(name, set()).add(cel_type_name(value))
+    return {**_FIXED_FIELD_TYPES, "content": {name: frozenset(types) for name, types in content.items()}}
+
+
+def _check_expression(rule: Rule, field_types: Mapping[str, Mapping[str, frozenset[str]]]) -> str | None:
+    """Return why the expression uses an unknown field or compares a field with a literal it never equals."""
+    source = rule.condition.source or ""
+    masked = _STRING_LITERAL.sub(lambda match: _MASK * len(match.group()), source)
+    bound = _macro_bound_names(source)
+    return _unknown_field(masked, bound, field_types) or _impossible_comparison(source, masked, bound, field_types)
+
+
+def _unknown_field(
+    masked: str, bound: set[str], field_types: Mapping[str, Mapping[str, frozenset[str]]]
+) -> str | None:
+    for match in _FIELD.finditer(masked):
+        variable, name = match.groups()
+        known = field_types[variable]
+        if variable in bound or name in known:
+            continue
+        listed = ", ".join(sorted(known))
+        hint = " (catalog attributes and playback_id)" if variable == "content" else ""
+        return f"unknown field '{variable}.{name}'; the fields of {variable}{hint} are {listed}"
+    return None
+
+
+def _impossible_comparison(
+    source: str, masked: str, bound: set[str], field_types: Mapping[str, Mapping[str, frozenset[str]]]
+) -> str | None:
+    for pattern in (_FIELD_FIRST, _LITERAL_FIRST):
+        for match in pattern.finditer(masked):
+            variable, name = (part.strip() for part in match["field"].split("."))
+            if variable in bound:
+                continue
+            literal = source[match.start("literal"):match.end("literal")]
+            literal_type = _literal_type(literal)
+            field_type_names = field_types[variable][name]
+            if _comparable(literal_type, field_type_names):
+                continue
+            outcome = "false" if match["operator"] == "==" else "true"
+            expression = source[match.start():match.end()].strip()
+            hint = f"; to test membership, write `{literal} in {variable}.{name}`" if field_type_names == {
+                "a list"} else ""
+            return (
+                f"`{expression}` is always {outcome} because {variable}.{name} is always "
+                f"{_describe_types(field_type_names)}, never {literal_type}{hint}"
+            )
+    return None
+
+
+def _literal_type(literal: str) -> str:
+    if literal in ("true", "false"):
+        return "a bool"
+    if literal == "null":
+        return "null"
+    if literal[:1] in "bB" and len(literal) > 1 and literal[1] in "\"'rR":
+        return "bytes"
+    if literal[:1] in "\"'rR":
+        return "a string"
+    if literal[-1:] in "uU":
+        return "a uint"
+    return "a double" if any(mark in literal for mark in ".eE") else "an int"
+
+
+def _comparable(literal_type: str, field_type_names: frozenset[str]) -> bool:
+    # CEL compares ints, uints and doubles by numeric value, so any number matches any number.
+    if literal_type in _NUMBER_TYPES:
+        return bool(field_type_names & _NUMBER_TYPES)
+    return literal_type in field_type_names
+
+
+def _describe_types(type_names: frozenset[str]) -> str:
+    ordered = sorted(type_names, key=lambda name: (name == "null", name))
+    return " or ".join(ordered)
 
 
 def _build_samples(policy: Policy) -> list[_Sample]:

@@ -274,7 +274,7 @@ def test_failing_deny_condition_does_not_deny(write_policy: Callable[..., Path])
             rules:
               - name: bad-deny
                 effect: deny
-                when: '"x" in content.missing_attribute'
+                when: '"x" in viewer.claims.missing_claim'
               - name: everyone
                 effect: allow
                 audiences: [video]

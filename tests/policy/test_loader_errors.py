@@ -256,6 +256,89 @@ BROKEN_POLICIES: dict[str, tuple[str, list[tuple[int, str | None, str]]]] = {
                                          f"not in the catalog; {COMPARE_HINT}"),
         ],
     ),
+    "unknown fields": (
+        """
+        version: 1
+        catalog:
+          - playback_ids: [FreeClip0aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1w]
+            attributes: {tier: free, regions_blocked: [XX]}
+        rules:
+          - name: content-typo
+            effect: allow
+            audiences: [video]
+            when: 'content.teir == "free"'
+          - name: viewer-typo
+            effect: allow
+            audiences: [video]
+            when: '"premium" in viewer.entitlement'
+          - name: request-typo-in-deny
+            effect: deny
+            when: 'request.contry == "XX" || viewer.authenticated'
+          - name: attribute-not-in-catalog
+            effect: deny
+            when: 'has(content.drm) && content.drm == true'
+          - name: claims-are-data
+            effect: deny
+            when: 'viewer.claims.contry == "XX"'
+          - name: text-in-strings-is-data
+            effect: deny
+            when: 'request.country == "content.teir"'
+        """,
+        [
+            (9, "content-typo", "when: unknown field 'content.teir'; the fields of content (catalog "
+                                 "attributes and playback_id) are playback_id, regions_blocked, tier"),
+            (13, "viewer-typo", "when: unknown field 'viewer.entitlement'; the fields of viewer are "
+                                "authenticated, claims, entitlements, id"),
+            (16, "request-typo-in-deny", "when: unknown field 'request.contry'; the fields of request are "
+                                         "audiences, client, country, origin"),
+            (19, "attribute-not-in-catalog", "when: unknown field 'content.drm'; the fields of content "
+                                             "(catalog attributes and playback_id) are playback_id, "
+                                             "regions_blocked, tier"),
+        ],
+    ),
+    "comparisons that never hold": (
+        """
+        version: 1
+        catalog:
+          - playback_ids: [FreeClip0aB1cD2eF3gH4iJ5kL6mN7oP8qR9sT0uV1w]
+            attributes: {tier: free, rank: 2, regions_blocked: [XX]}
+        rules:
+          - name: int-tier
+            effect: allow
+            audiences: [video]
+            when: 'content.tier == 1'
+          - name: list-equals-string
+            effect: allow
+            audiences: [video]
+            when: 'viewer.authenticated && viewer.entitlements == "premium"'
+          - name: literal-first
+            effect: deny
+            when: '1 != content.tier'
+          - name: country-never-null
+            effect: deny
+            when: 'request.country == null'
+          - name: int-equals-double-is-data
+            effect: deny
+            when: 'content.rank == 2.0'
+          - name: default-null-is-data
+            effect: deny
+            when: 'content.tier == null'
+          - name: operand-with-arithmetic-is-left-to-dry-run
+            effect: deny
+            when: 'content.tier == 1 + 0'
+        """,
+        [
+            (9, "int-tier", "when: `content.tier == 1` is always false because content.tier is always a "
+                             "string or null, never an int"),
+            (13, "list-equals-string", 'when: `viewer.entitlements == "premium"` is always false because '
+                                       "viewer.entitlements is always a list, never a string; to test "
+                                       'membership, write `"premium" in viewer.entitlements`'),
+            (16, "literal-first", "when: `1 != content.tier` is always true because content.tier is always a "
+                                  "string or null, never an int"),
+            (19, "country-never-null", "when: `request.country == null` is always false because "
+                                       "request.country is always a string, never null"),
+        ],
+    ),
     "audiences": (
         """
         version: 1
