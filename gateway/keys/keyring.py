@@ -219,7 +219,7 @@ class KeyringStore(ABC):
 
     Next to the keyring each store keeps the set of retired key ids: every key a write revoked or
     removed. It lives apart from the keyring document and only grows, so it outlasts a lost or
-    rolled-back keyring and tells a process that its copy of the keyring is out of date.
+    rolled-back keyring and shows a process that its copy of the keyring is out of date.
     """
 
     where: str
@@ -524,7 +524,8 @@ class FileKeyringStore(KeyringStore):
                 return current
             stored = dataclasses.replace(proposed, version=max(current.version + 1, min_version))
             # Retired ids first: a crash between the two writes then leaves an extra retired id
-            # for a key that is still held, which only blocks writing back this old copy.
+            # for a key still in the keyring. At worst that key is active, so providers warn
+            # about it and do not write back a copy that signs with it.
             self._add_retired(retired_by(current, stored))
             self._write_atomically(self.path, stored.to_json().encode())
             return stored

@@ -96,6 +96,9 @@ class KeyringProvider:
         self._retired_kids: set[str] = set()
         self._regression: str | None = None
         self._regression_logged_at: float | None = None
+        self._outdated_logged_at: float | None = None
+        # Set while the loaded keyring's active key is among the store's retired key ids.
+        self._retired_active: str | None = None
 
         # At start-up an undecryptable or malformed keyring must stop the process, so those
         # errors propagate; an unreachable Redis only delays loading to the watcher thread.
@@ -163,6 +166,13 @@ class KeyringProvider:
         warnings: list[str] = []
         if self._regression is not None:
             warnings.append(self._regression)
+        if self._retired_active is not None:
+            warnings.append(
+                f"the active key {self._retired_active} in {self.store.where} was revoked or "
+                "retired by an earlier write, so the keyring is an old copy (a restored backup?) "
+                "and Mux may reject its tokens: restore the newest keyring or run "
+                "`playback-gateway keys rotate`"
+            )
         if self._unavailable_since is not None:
             age = int(time.time() - self._unavailable_since)
             warnings.append(
@@ -201,6 +211,7 @@ class KeyringProvider:
             if regression is not None:
                 return self._handle_regression(state, regression)
             self._apply(state)
+            self._check_active_not_retired(state)
             return True
 
     def close(self) -> None:
@@ -267,6 +278,7 @@ class KeyringProvider:
             return False
         self._regression = None
         self._regression_logged_at = None
+        self._retired_active = None  # the restore checked that its active key is not retired
         self._apply(restored)
         return True
 
@@ -283,6 +295,23 @@ class KeyringProvider:
             loaded_version=self._last_good.version, stored_version=state.version,
             stored_keys=len(state.keys), loaded_keys=len(self._last_good.keys),
         )
+
+    def _check_active_not_retired(self, state: KeyringState) -> None:
+        """Warn when `state` signs with a key an earlier write retired: nothing older than this
+        process noticed the loss, for example a replica that started after Redis was rolled back."""
+        active = state.active()
+        if active is None:
+            self._retired_active = None
+            return
+        try:
+            retired = self.store.retired_kids()
+        except KeyringUnavailableError as error:
+            # The next change check looks again; signing goes on with the loaded keyring.
+            log_event(logger, "keyring.refresh_failed", logging.WARNING, error=error.message)
+            return
+        self._retired_active = active.kid if active.kid in retired else None
+        if self._retired_active is not None:
+            log_event(logger, "keyring.active_key_retired", logging.ERROR, kid=active.kid, version=state.version)
 
     def _share_retired_kids(self) -> None:
         """Add the keys this process saw retired to the store's retired key ids.
@@ -348,9 +377,16 @@ class KeyringProvider:
         self._regression = (
             f"{self._regression}. This process does not write back its copy (version "
             f"{self._snapshot.version}) because its active key {', '.join(kids)} was revoked or "
-            "retired by another process, so the copy is out of date. Restart this process once "
-            "the keyring is restored"
+            "retired by another process, so the copy is out of date. It loads the keyring once a "
+            "process with a newer copy writes it back"
         )
+
+        # Logged at most once a minute per process, like the loss itself.
+        now = time.monotonic()
+        last_logged = self._outdated_logged_at
+        if last_logged is not None and now - last_logged < REGRESSION_LOG_INTERVAL_SECONDS:
+            return
+        self._outdated_logged_at = now
         log_event(logger, "keyring.restore_skipped", logging.ERROR, version=self._snapshot.version, key_ids=kids)
 
     def _apply(self, state: KeyringState) -> None:
@@ -474,7 +510,7 @@ def _restorable(current: KeyringState, snapshot: KeyringState, retired: set[str]
     `retired` contains the keys known to be revoked or removed. An older keyring may hold such
     keys (a storage rollback brings back keys revoked since), and dropping them loses nothing.
     A key that is neither in the snapshot nor retired was written by someone who never saw the
-    snapshot, for example a rotation after the loss, so the keyring that holds it is kept.
+    snapshot, for example a rotation after the loss, so the keyring that contains it is kept.
     """
     if not current.keys:
         return snapshot

@@ -288,3 +288,187 @@ def test_start_without_redis_is_not_ready(
     ready = client.get("/readyz")
     assert ready.status_code == 200
     assert ready.get_json()["signing_key"] == mux_key.kid
+
+
+STATE_KEY = REDIS_PREFIX + "state"
+VERSION_KEY = REDIS_PREFIX + "version"
+
+
+def revoked_after_backup(
+    cleanup: list[Callable[[], None]], redis_url: str, simulator: Simulator, cipher: KeyringCipher,
+    clock: FakeClock,
+) -> tuple[RedisKeyringStore, KeyringProvider, KeyManager, list[bytes], str, str]:
+    """Rotate, back up the keyring, rotate again and revoke the retiring key, as Redis stores it
+    before an operator rolls it back. Returns the backup, the revoked kid and the active kid."""
+    store = RedisKeyringStore(redis_url)
+    cleanup.append(store.close)
+    provider = KeyringProvider(store, cipher, None, refresh_interval=0.1)
+    cleanup.append(provider.close)
+    manager = KeyManager(store, cipher, fast_client(simulator), provider, lambda: 3600, clock=clock)
+    cleanup.append(manager.client.close)
+    client = redis.Redis.from_url(redis_url)
+    cleanup.append(client.close)
+
+    revoked = manager.rotate(actor="test")["active"]
+    backup = client.mget(STATE_KEY, VERSION_KEY)
+    active = manager.rotate(actor="test")["active"]
+    manager.revoke(revoked, actor="test")
+    assert simulator.key_ids() == [active]
+    return store, provider, manager, backup, revoked, active
+
+
+def test_rollback_past_revoke_is_restored(
+    cleanup: list[Callable[[], None]],
+    redis_url: str, simulator: Simulator, cipher: KeyringCipher, clock: FakeClock,
+) -> None:
+    store, provider, manager, backup, revoked, active = revoked_after_backup(
+        cleanup, redis_url, simulator, cipher, clock
+    )
+    loaded_version = provider.version
+    client = redis.Redis.from_url(redis_url)
+    cleanup.append(client.close)
+
+    client.mset({STATE_KEY: backup[0], VERSION_KEY: backup[1]})
+    provider.refresh()  # the watcher thread may have restored it already
+
+    stored = store.read()
+    assert stored.version == loaded_version + 1
+    assert stored.held_ids() == {active}
+    assert provider.version == loaded_version + 1
+    assert provider.active().kid == active
+    assert provider.warnings() == []
+    assert manager.reconcile(fix=False, actor="test")["unknown_at_mux"] == []
+
+    newcomer = KeyringProvider(store, cipher, None, refresh_interval=0.1)
+    cleanup.append(newcomer.close)
+    assert newcomer.active().kid == active
+    assert newcomer.get(revoked) is None
+
+
+def test_stale_copy_is_not_written_back(
+    cleanup: list[Callable[[], None]],
+    redis_url: str, simulator: Simulator, cipher: KeyringCipher, clock: FakeClock,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    store, provider, _, backup, revoked, active = revoked_after_backup(
+        cleanup, redis_url, simulator, cipher, clock
+    )
+    loaded_version = provider.version
+    client = redis.Redis.from_url(redis_url)
+    cleanup.append(client.close)
+    # Without its watcher the up-to-date process restores only when the test calls refresh.
+    provider.close()
+
+    client.mset({STATE_KEY: backup[0], VERSION_KEY: backup[1]})
+    stale = KeyringProvider(store, cipher, None, refresh_interval=0.1)
+    cleanup.append(stale.close)
+    stale_version = stale.version
+    assert stale.get(revoked) is not None
+    retired_active = (
+        f"the active key {revoked} in {store.where} was revoked or retired by an earlier write, so "
+        "the keyring is an old copy (a restored backup?) and Mux may reject its tokens: restore "
+        "the newest keyring or run `playback-gateway keys rotate`"
+    )
+    assert stale.warnings() == [retired_active]
+
+    # The runbook's repair: delete the document and its version, keep the retired key ids.
+    client.delete(STATE_KEY, VERSION_KEY)
+    assert stale.refresh() is False
+
+    assert stale.refresh() is False
+    assert store.read().keys == ()
+    assert stale.version == stale_version
+    skipped = [r for r in caplog.records if getattr(r, "event", None) == "keyring.restore_skipped"]
+    assert [(r.levelno, r.version, r.key_ids) for r in skipped] == [(logging.ERROR, stale_version, [revoked])]  # type: ignore[attr-defined]
+    assert stale.warnings() == [
+        lost_message(store.where, f"went back from version {stale_version} to 0") + ". This process "
+        f"does not write back its copy (version {stale_version}) because its active key {revoked} "
+        "was revoked or retired by another process, so the copy is out of date. It loads the "
+        "keyring once a process with a newer copy writes it back",
+        retired_active,
+    ]
+
+    assert provider.refresh() is True
+    assert store.read().held_ids() == {active}
+    assert store.read().version == loaded_version + 1
+
+    stale.refresh()  # its watcher thread may have loaded the restored keyring already
+    assert stale.version == loaded_version + 1
+    assert stale.get(revoked) is None
+    assert stale.warnings() == []
+
+
+def test_restore_records_retired_keys_again(
+    cleanup: list[Callable[[], None]],
+    redis_url: str, simulator: Simulator, cipher: KeyringCipher, clock: FakeClock,
+) -> None:
+    store, provider, _, _, revoked, active = revoked_after_backup(cleanup, redis_url, simulator, cipher, clock)
+    client = redis.Redis.from_url(redis_url)
+    cleanup.append(client.close)
+
+    client.flushall()  # a rollback or a deletion of pgw:{keyring}:* loses the retired key ids too
+    provider.refresh()
+
+    assert store.read().held_ids() == {active}
+    assert store.retired_kids() == {revoked}
+
+
+def test_lost_version_key_allows_rotation(
+    cleanup: list[Callable[[], None]],
+    redis_url: str, simulator: Simulator, cipher: KeyringCipher, clock: FakeClock,
+) -> None:
+    store = RedisKeyringStore(redis_url)
+    cleanup.append(store.close)
+    provider = KeyringProvider(store, cipher, None, refresh_interval=0.1)
+    cleanup.append(provider.close)
+    manager = KeyManager(store, cipher, fast_client(simulator), provider, lambda: 3600, clock=clock)
+    cleanup.append(manager.client.close)
+    client = redis.Redis.from_url(redis_url)
+    cleanup.append(client.close)
+    first = manager.rotate(actor="test")["active"]
+    loaded_version = provider.version
+
+    client.delete(VERSION_KEY)
+    assert provider.refresh() is False
+    second = manager.rotate(actor="test")["active"]
+
+    assert store.read().version > loaded_version
+    assert int(client.get(VERSION_KEY)) == store.read().version
+    assert {record.kid: record.state for record in store.read().keys} == {first: "retiring", second: "active"}
+    assert provider.active().kid == second
+    assert provider.warnings() == []
+
+
+def test_newer_copy_overwrites_stale_restore(
+    cleanup: list[Callable[[], None]],
+    redis_url: str, simulator: Simulator, cipher: KeyringCipher, clock: FakeClock,
+) -> None:
+    store, provider, _, backup, revoked, active = revoked_after_backup(
+        cleanup, redis_url, simulator, cipher, clock
+    )
+    loaded_version = provider.version
+    client = redis.Redis.from_url(redis_url)
+    cleanup.append(client.close)
+    provider.close()
+
+    client.mset({STATE_KEY: backup[0], VERSION_KEY: backup[1]})
+    stale = KeyringProvider(store, cipher, None, refresh_interval=0.1)
+    cleanup.append(stale.close)
+    stale_version = stale.version
+
+    # Deleting every pgw:{keyring}:* key drops the retired key ids, so the stale copy goes back first.
+    client.flushall()
+    stale.refresh()
+    assert store.read().version == stale_version + 1
+    assert store.read().active().kid == revoked  # type: ignore[union-attr]
+
+    # The up-to-date process remembers that key as revoked, so it overwrites the stale copy.
+    assert provider.refresh() is True
+    assert store.read().version == loaded_version + 1
+    assert store.read().held_ids() == {active}
+    assert store.retired_kids() == {revoked}
+
+    stale.refresh()
+    assert stale.version == loaded_version + 1
+    assert stale.get(revoked) is None
+    assert stale.warnings() == []

@@ -106,7 +106,7 @@ def test_lock_held_refuses_rotation(env_rig: Rig) -> None:
         env_rig.manager.rotate("ops")
 
     assert raised.value.http_status == 409
-    assert raised.value.retry_after is not None
+    assert raised.value.retry_after == 5
     assert env_rig.simulator.count_requests("POST") == 0
     assert env_rig.keyring() == {}
 
