@@ -67,7 +67,7 @@ class RevokeRefusedError(KeyManagementError):
 
 
 class MuxApiError(KeyManagementError):
-    """The System API answered with an error envelope (or a status it should not have)."""
+    """The System API returned an error envelope (or a status it should not have)."""
 
     http_status = 502
     code = "mux-api-error"
@@ -88,13 +88,13 @@ class MuxApiError(KeyManagementError):
 
 
 class MuxResponseError(MuxApiError):
-    """The System API answered 2xx with a body that is not what its contract describes."""
+    """The System API returned 2xx with a body that is not what its contract describes."""
 
     code = "mux-invalid-response"
 
 
 class MuxUnavailableError(KeyManagementError):
-    """The System API could not be reached, timed out, or kept answering 429/5xx through retries."""
+    """The System API could not be reached, timed out, or kept returning 429/5xx through retries."""
 
     http_status = 503
     code = "mux-api-unavailable"

@@ -2,8 +2,8 @@
 
 Authenticates with HTTP Basic (access-token id and secret), puts a timeout on every call and
 retries 429, 5xx and connection failures with exponential backoff and full jitter, honouring
-Retry-After when the server sends one. Other 4xx answers are never retried. A failed call raises
-MuxApiError (Mux answered with an error), MuxResponseError (Mux answered 2xx with a body that
+Retry-After when the server sends one. Other 4xx responses are never retried. A failed call raises
+MuxApiError (Mux returned an error), MuxResponseError (Mux returned 2xx with a body that
 does not fit the contract) or MuxUnavailableError (no usable answer through all attempts).
 """
 
@@ -173,7 +173,7 @@ class SystemApiClient:
         )
 
     def get_signing_key(self, kid: str) -> RemoteKey | None:
-        """Return one key, or None when the System API answers 404."""
+        """Return one key, or None when the System API returns 404."""
         path = f"{SIGNING_KEYS_PATH}/{_checked_key_id(kid)}"
         response, _ = self._call("get", "GET", path, expected=200, missing_ok=True)
         if response.status_code == 404:
@@ -293,7 +293,7 @@ def _error_from_response(
 
     if status == 429 or status >= 500:
         return MuxUnavailableError(
-            f"System API {operation} ({method} {path}) answered {status}"
+            f"System API {operation} ({method} {path}) returned {status}"
             f"{f' {error_type}' if error_type else ''}: {told}",
             status=status,
             retry_after=retry_seconds if status == 429 else None,
@@ -305,7 +305,7 @@ def _error_from_response(
     elif status == 403:
         hint = " The access token needs System write permission."
     return MuxApiError(
-        f"System API {operation} ({method} {path}) answered {status}"
+        f"System API {operation} ({method} {path}) returned {status}"
         f"{f' {error_type}' if error_type else ''}: {told}.{hint}",
         status=status,
         error_type=error_type,
@@ -338,7 +338,7 @@ def _json_body(response: requests.Response, operation: str) -> Any:
         return response.json()
     except ValueError:
         raise MuxResponseError(
-            f"System API {operation} answered {response.status_code} with a body that is not JSON",
+            f"System API {operation} returned {response.status_code} with a body that is not JSON",
             status=response.status_code,
         ) from None
 
@@ -348,7 +348,7 @@ def _data_object(response: requests.Response, operation: str) -> dict[str, Any]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, dict):
         raise MuxResponseError(
-            f"System API {operation} answered {response.status_code} without a `data` object",
+            f"System API {operation} returned {response.status_code} without a `data` object",
             status=response.status_code,
         )
     return data
@@ -359,7 +359,7 @@ def _data_list(response: requests.Response) -> list[dict[str, Any]]:
     data = body.get("data") if isinstance(body, dict) else None
     if not isinstance(data, list) or not all(isinstance(item, dict) for item in data):
         raise MuxResponseError(
-            f"System API list answered {response.status_code} without a `data` list of objects",
+            f"System API list returned {response.status_code} without a `data` list of objects",
             status=response.status_code,
         )
     return data

@@ -185,7 +185,7 @@ def test_revoke_only_key_refused_when_create_fails(rotated: tuple[Rig, str, str]
     assert raised.value.http_status == 503
     assert str(raised.value) == (
         f"refusing to revoke {active}: it is the only key and creating a replacement failed "
-        "(System API create (POST /system/v1/signing-keys) answered 503 injected_fault: Injected error "
+        "(System API create (POST /system/v1/signing-keys) returned 503 injected_fault: Injected error "
         "fault); it stays active"
     )
     assert rig.keyring() == {active: "active"}
@@ -204,7 +204,7 @@ def test_revoke_with_mux_delete_failing(rotated: tuple[Rig, str, str]) -> None:
     assert raised.value.result == {
         "revoked": active, "active": retiring, "deleted_at_mux": False,
         "error": "System API delete (DELETE /system/v1/signing-keys/" + active
-        + ") answered 502 injected_fault: Injected error fault",
+        + ") returned 502 injected_fault: Injected error fault",
     }
     # The key no longer signs, but Mux still has it: the keyring keeps a tombstone.
     assert rig.keyring() == {retiring: "active", active: "revoked"}

@@ -84,7 +84,7 @@ def test_wrong_secret_is_not_retried(simulator: Simulator) -> None:
     assert raised.value.error_type == "unauthorized"
     assert raised.value.messages == ("Unauthorized request: check the access token id and secret",)
     assert str(raised.value) == (
-        "System API list (GET /system/v1/signing-keys) answered 401 unauthorized: Unauthorized "
+        "System API list (GET /system/v1/signing-keys) returned 401 unauthorized: Unauthorized "
         "request: check the access token id and secret. Check MUX_TOKEN_ID and MUX_TOKEN_SECRET."
     )
     assert "wrong-secret" not in str(raised.value)
@@ -130,7 +130,7 @@ def test_5xx_through_every_attempt(simulator: Simulator) -> None:
     assert raised.value.status == 502
     assert raised.value.http_status == 503
     assert str(raised.value) == (
-        "System API list (GET /system/v1/signing-keys) answered 502 injected_fault: Injected error fault"
+        "System API list (GET /system/v1/signing-keys) returned 502 injected_fault: Injected error fault"
     )
     assert simulator.count_requests("GET", 502) == 3
 
@@ -190,7 +190,7 @@ def test_malformed_body_is_not_retried(simulator: Simulator) -> None:
     with pytest.raises(MuxResponseError) as raised:
         client.create_signing_key()
 
-    assert str(raised.value) == "System API create answered 201 with a body that is not JSON"
+    assert str(raised.value) == "System API create returned 201 with a body that is not JSON"
     assert simulator.count_requests("POST") == 1
     # The key was made before the body broke: the keyring's create marker covers that case.
     assert len(simulator.key_ids()) == 1
