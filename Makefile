@@ -22,8 +22,10 @@ run: $(VENV)/.installed
 	$(BIN)/playback-gateway serve --bind 127.0.0.1:8080
 
 # Runs the gateway against a local System API simulator, so key rotation can be tried without Mux.
+# DEMO_PORT picks the gateway's port when `make run` already holds 8080.
+DEMO_PORT ?= 8080
 demo: $(VENV)/.installed
-	$(BIN)/python -m gateway.keys.simulator --demo
+	$(BIN)/python -m gateway.keys.simulator --demo --gateway-port $(DEMO_PORT)
 
 test: $(STAMP)
 	bash .ci/ensure-redis

@@ -51,7 +51,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class _Snapshot:
-    """What one keyring version means for signing. Replaced whole, never changed in place."""
+    """One keyring version as signing uses it. Replaced whole, never changed in place."""
 
     version: int
     records: tuple[KeyRecord, ...] = ()
@@ -139,7 +139,7 @@ class KeyringProvider:
             return self._usable_fallback()
         if snapshot.active is None:
             raise NoSigningKeyError(
-                "the keyring holds no active key: run `playback-gateway keys rotate`"
+                "the keyring contains no active key: run `playback-gateway keys rotate`"
             )
         return snapshot.active
 
@@ -426,7 +426,7 @@ class KeyringProvider:
         try:
             private_key = parse_private_key(pem)
         except KeyMaterialError as error:
-            raise KeyManagementError(f"keyring record {record.kid} holds an unusable key: {error}") from None
+            raise KeyManagementError(f"keyring record {record.kid} contains an invalid key: {error}") from None
         return SigningKey(kid=record.kid, private_key=private_key, source=record.source)
 
     def _update_gauges(self, active_record: KeyRecord | None) -> None:

@@ -74,7 +74,7 @@ class Policy:
     `version` is the first 12 hex digits of the SHA-256 of the files' bytes, in load order.
     `catalog` maps each playback id to its attributes, with every attribute named anywhere in the
     catalog present (see `attribute_defaults`), so conditions can compare them without `has()`.
-    `sources` holds each file's name and bytes as loaded, so a reload can share exactly this version.
+    `sources` contains each file's name and bytes as loaded, so a reload can share exactly this version.
     """
 
     version: str
