@@ -157,6 +157,19 @@ def write_problem_error(sock: Any, status: int, reason: str, message: str) -> No
     write_nonblock(sock, head + body)
 
 
+def pre_fork(server: Any, worker: Any) -> None:
+    """Stop background threads the master started while building the app, before any fork.
+
+    The master serves nothing, and a thread holding a lock at the moment of a fork would leave
+    that lock held forever in the worker. Each worker starts its own threads on first use.
+    """
+    app = getattr(server.app, "callable", None)
+    gateway = getattr(app, "extensions", {}).get("gateway") if app is not None else None
+    stop_watcher = getattr(getattr(gateway, "keys", None), "close", None)
+    if stop_watcher is not None:
+        stop_watcher()
+
+
 def post_worker_init(worker: Any) -> None:
     """Publish this worker's gauges: a forked process starts with none of the master's samples."""
     import gunicorn.util
