@@ -5,12 +5,10 @@ from __future__ import annotations
 import hashlib
 import hmac
 import logging
-import os
 import re
 import secrets
 import threading
 import time
-import weakref
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import yaml
 from gateway.auth.principal import Client
 from gateway.observability.logging import audit, log_event
 from gateway.policy.lastgood import LastGoodCopy, LastGoodError, LastGoodFiles
+from gateway.reloading import ReloadThread
 
 SCOPES: frozenset[str] = frozenset(
     {"tokens:mint", "viewer:assert", "keys:read", "keys:rotate", "keys:revoke"}
@@ -141,10 +140,10 @@ class ClientRegistry:
         self._rejected = False
         self._last_good_error: str | None = None
         self._last_good = LastGoodCopy(last_good_dir, kind="clients") if last_good_dir is not None else None
-        self._reload_in_background = reload_in_background
-        self._created_pid = os.getpid()
-        self._watcher_pid: int | None = None
-        self._watcher_start_lock = threading.Lock()
+        self._reload_thread = ReloadThread(
+            self, name="clients-reload", interval=_RELOAD_INTERVAL_SECONDS,
+            failure_event="clients.reload_failed", enabled=reload_in_background,
+        )
         if path is not None:
             loaded = _read_clients_file(path)
             self._apply(loaded)
@@ -152,7 +151,7 @@ class ClientRegistry:
 
     @property
     def clients(self) -> tuple[Client, ...]:
-        if self._created_pid != os.getpid():
+        if self._reload_thread.in_forked_process:
             self._ensure_watcher()
         return self._clients
 
@@ -262,21 +261,11 @@ class ClientRegistry:
         self._last_good_error = message
 
     def _ensure_watcher(self) -> None:
-        pid = os.getpid()
-        if self._watcher_pid == pid or not self._reload_in_background:
-            return
-        with self._watcher_start_lock:
-            if self._watcher_pid == pid:
-                return
-            # A thread of the parent may have held the reload lock at the moment of the fork, and
-            # nothing in this process would ever release it, so a forked child takes a fresh lock.
-            if self._watcher_pid is not None or self._created_pid != pid:
-                self._lock = threading.Lock()
-            thread = threading.Thread(
-                target=_watch_clients_file, args=(weakref.ref(self),), name="clients-reload", daemon=True
-            )
-            thread.start()
-            self._watcher_pid = pid
+        if self._path is not None:
+            self._reload_thread.ensure_started(on_new_process=self._replace_lock)
+
+    def _replace_lock(self) -> None:
+        self._lock = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -302,7 +291,7 @@ def _read_clients_file(path: Path) -> _LoadedClients:
         if file_signature(path) == before:
             break
     else:
-        # The file kept changing: the next check sees a new signature and reads it again.
+        # The file kept changing: the next check finds a new signature and reads it again.
         before = None
 
     try:
@@ -336,17 +325,3 @@ def file_signature(path: Path) -> FileSignature:
     except OSError:
         return None
     return stat.st_mtime_ns, stat.st_size
-
-
-def _watch_clients_file(registry_ref: weakref.ref[ClientRegistry]) -> None:
-    """Check the clients file every second until the registry is garbage-collected."""
-    while True:
-        time.sleep(_RELOAD_INTERVAL_SECONDS)
-        registry = registry_ref()
-        if registry is None:
-            return
-        try:
-            registry.maybe_reload()
-        except Exception as error:  # noqa: BLE001 - the thread must keep running for later changes
-            log_event(logger, "clients.reload_failed", logging.ERROR, error_type=type(error).__name__)
-        del registry

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import time
-import weakref
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +16,7 @@ from gateway.policy.lastgood import LastGoodCopy, LastGoodError, LastGoodPolicy
 from gateway.policy.loader import FileSignature, file_signature, load_policy, load_policy_sources
 from gateway.policy.model import Decision, DecisionInput
 from gateway.policy.problems import PolicyLoadError
+from gateway.reloading import ReloadThread
 
 logger = logging.getLogger(__name__)
 
@@ -73,10 +72,10 @@ class PolicyStore:
         self._clock = clock
         self._reload_lock = threading.Lock()
         self._next_check = clock() + check_interval
-        self._reload_in_background = reload_in_background
-        self._created_pid = os.getpid()
-        self._watcher_pid: int | None = None
-        self._watcher_start_lock = threading.Lock()
+        self._reload_thread = ReloadThread(
+            self, name="policy-reload", interval=check_interval,
+            failure_event="policy.reload_failed", enabled=reload_in_background,
+        )
 
         self._live = _load_watched("live", path, last_good_dir)
         self._shadow = _load_watched("shadow", shadow_path, last_good_dir) if shadow_path is not None else None
@@ -93,7 +92,7 @@ class PolicyStore:
     @property
     def policy(self) -> Policy:
         """The policy that decides requests."""
-        if self._created_pid != os.getpid():
+        if self._reload_thread.in_forked_process:
             self._ensure_watcher()
         return self._live.policy
 
@@ -172,24 +171,10 @@ class PolicyStore:
         return True
 
     def _ensure_watcher(self) -> None:
-        pid = os.getpid()
-        if self._watcher_pid == pid or not self._reload_in_background:
-            return
-        with self._watcher_start_lock:
-            if self._watcher_pid == pid:
-                return
-            # A thread of the parent may have held the reload lock at the moment of the fork, and
-            # nothing in this process would ever release it, so a forked child takes a fresh lock.
-            if self._watcher_pid is not None:
-                self._reload_lock = threading.Lock()
-            thread = threading.Thread(
-                target=_watch_files,
-                args=(weakref.ref(self), self._check_interval),
-                name="policy-reload",
-                daemon=True,
-            )
-            thread.start()
-            self._watcher_pid = pid
+        self._reload_thread.ensure_started(on_new_process=self._replace_lock)
+
+    def _replace_lock(self) -> None:
+        self._reload_lock = threading.Lock()
 
     def _compare_with_shadow(self, shadow: Policy, request: DecisionInput, live: Decision) -> None:
         try:
@@ -228,21 +213,6 @@ def _load_watched(role: str, path: Path, last_good_dir: Path | None) -> _Watched
     watched = _WatchedPolicy(role=role, path=path, policy=load_policy(path), signature=signature, last_good=last_good)
     _share_last_good(watched, watched.policy, signature)
     return watched
-
-
-def _watch_files(store_ref: weakref.ref[PolicyStore], interval: float) -> None:
-    """Check the policy files every `interval` seconds until the store is garbage-collected."""
-    while True:
-        time.sleep(interval)
-        store = store_ref()
-        if store is None:
-            return
-        try:
-            store.maybe_reload()
-        except Exception as error:  # noqa: BLE001 - the thread must keep running for later changes
-            log_event(logger, "policy.reload_failed", logging.ERROR, error_type=type(error).__name__,
-                      error=str(error)[:300])
-        del store
 
 
 def _share_last_good(watched: _WatchedPolicy, policy: Policy, signature: FileSignature) -> None:
