@@ -1,8 +1,8 @@
 """Redis clients from GATEWAY_REDIS_URL: plain, TLS, Sentinel or Cluster, with short timeouts.
 
-Redis accelerates the gateway but must never stall it, so every call times out quickly and
-callers decide per use what a failure means (the token cache and rate limiter let requests
-through; key rotation refuses to run without its lock).
+Redis accelerates the gateway but must never stall it, so every call times out quickly. Callers
+decide per use what a failure means: the token cache and rate limiter let requests through, while
+key rotation does not run without its lock.
 """
 
 from __future__ import annotations

@@ -28,7 +28,7 @@ def current_caller() -> Caller:
 
 
 def require_client_scope(scope: str) -> Client:
-    """Return the calling service client if it holds `scope`; raise 401 or 403 otherwise."""
+    """Return the calling service client if it has `scope`; raise 401 or 403 otherwise."""
     caller = current_caller()
     if caller.client is None:
         raise Problem(

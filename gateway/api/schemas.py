@@ -40,7 +40,9 @@ def parse_json_body(raw: bytes) -> Any:
                       f"The body is not valid JSON at line {error.lineno}, column {error.colno}.") from None
     except ValueError:
         # Python refuses integers of more than 4300 digits, and NaN or Infinity are not JSON.
-        raise Problem(400, "invalid-json", "The body holds a number that is not valid JSON or is too large.") from None
+        raise Problem(
+            400, "invalid-json", "The body contains a number that is not valid JSON or is too large."
+        ) from None
 
     if _depth(document) > MAX_JSON_DEPTH:
         raise Problem(400, "json-too-deep", f"The body nests deeper than {MAX_JSON_DEPTH} levels.")

@@ -1,4 +1,4 @@
-"""Who is asking: the viewer the policy reasons about and the API client that sent the request."""
+"""Request principals: the viewer the policy reasons about and the API client that sent the request."""
 
 from __future__ import annotations
 

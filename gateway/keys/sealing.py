@@ -19,7 +19,7 @@ from gateway.keys.errors import KeyringDecryptError
 _VERSION_PREFIX = "v1:"
 _NONCE_BYTES = 12
 # Sealed under this pseudo key id so that a wrong GATEWAY_KEYRING_KEY is detected even when the
-# keyring holds no keys.
+# keyring contains no keys.
 CHECK_KID = "keyring-check"
 _CHECK_PLAINTEXT = b"playback-gateway keyring"
 

@@ -4,7 +4,7 @@ Authenticates with HTTP Basic (access-token id and secret), puts a timeout on ev
 retries 429, 5xx and connection failures with exponential backoff and full jitter, honouring
 Retry-After when the server sends one. Other 4xx responses are never retried. A failed call raises
 MuxApiError (Mux returned an error), MuxResponseError (Mux returned 2xx with a body that
-does not fit the contract) or MuxUnavailableError (no usable answer through all attempts).
+does not fit the contract) or MuxUnavailableError (no usable response through all attempts).
 """
 
 from __future__ import annotations

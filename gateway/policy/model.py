@@ -30,7 +30,7 @@ class DecisionInput:
 
 @dataclass(frozen=True)
 class Grant:
-    """What an allow rule grants: audiences, the token lifetime in seconds, fixed claims.
+    """The grant of an allow rule: audiences, the token lifetime in seconds, fixed claims.
 
     `claims` maps each granted audience to the rule's claims that Mux defines for it.
     """

@@ -98,7 +98,7 @@ def _number(minimum: float, maximum: float) -> Callable[[Any], float | int]:
             raise ClaimValueError("must be a number")
         if value < minimum or value > maximum:
             raise ClaimValueError(f"must be between {_plain(minimum)} and {_plain(maximum)}")
-        # -0.0 is 0, and a token should say so plainly.
+        # -0.0 equals 0, so the token carries a plain 0.
         return 0 if value == 0 else value
 
     return check

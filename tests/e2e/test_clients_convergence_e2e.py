@@ -91,7 +91,7 @@ def test_worker_seeing_only_broken_file_drops_key(setup: ClientsSetup) -> None:
     gateway = setup.gateway
     first, second = worker_pids(gateway)
 
-    # The second worker sleeps through the edit that removes c2, so the only change it ever sees
+    # The second worker sleeps through the edit that removes c2, so the only change it ever reads
     # is the broken edit that follows.
     os.kill(second, signal.SIGSTOP)
     try:

@@ -116,7 +116,7 @@ def test_worker_seeing_only_broken_file_converges(setup: ConvergenceSetup, mux_k
     first, second = worker_pids(gateway)
     valid_text = with_resolution(setup.original_text, "480p")
 
-    # The second worker sleeps through the valid edit, so the only change it ever sees is the
+    # The second worker sleeps through the valid edit, so the only change it ever reads is the
     # broken one, as a worker does when a valid edit is followed quickly by a broken one.
     os.kill(second, signal.SIGSTOP)
     try:

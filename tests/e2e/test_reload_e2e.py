@@ -247,7 +247,7 @@ def test_clients_file_reload(setup: ReloadSetup) -> None:
     rejected = post_free(gateway, {"X-Api-Key": NEW_CLIENT_KEY})
     write_atomically(setup.clients_file, clients_yaml(("bff", BFF_KEY), ("bff-2", NEW_CLIENT_KEY)))
 
-    # Workers that checked the file less than a second ago still answer 401 once or twice.
+    # Workers that checked the file less than a second ago still return 401 once or twice.
     statuses: list[int] = []
 
     def nine_accepted_in_a_row() -> bool:
